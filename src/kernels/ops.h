@@ -1,0 +1,76 @@
+// Compute kernels used by the models. Each has a scalar reference (`*_ref`, in ops_ref.c / matmul_ref.c)
+// and may have SIMD versions with the same signature chosen at run time (kernels/arch/*).
+// All activations are float32, row-major.
+#ifndef PERI_KERNELS_OPS_H
+#define PERI_KERNELS_OPS_H
+
+#include "runtime/pool.h"
+#include "tensor/types.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+// y[n x M] = x[n x K] . W^T (+ bias[M]), W a [M x K] weight of any supported type (rows in place).
+// Work is split over the rows of W. bias may be NULL.
+void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W, const float *bias, int64_t n);
+void peri_matmul_ref(peri_pool *pool, float *y, const float *x, const peri_tensor *W, const float *bias, int64_t n);
+
+// Same with strides: x rows ldx apart, y rows ldy apart (in floats), W rows [row0, row0+M) of K values.
+void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
+                    int64_t row0, int64_t M, const float *bias, int64_t n);
+void peri_matmul_ex_ref(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
+                        int64_t row0, int64_t M, const float *bias, int64_t n);
+
+// Row r of a 2-D weight (any supported type) as float32 (K values).
+void peri_get_row(const peri_tensor *W, int64_t r, float *out);
+
+// Plain float helpers (single rows).
+void peri_layernorm_ref(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+void peri_rmsnorm_ref(float *y, const float *x, const float *w, int64_t n, float eps);
+float peri_dot_ref(const float *a, const float *b, int64_t n);
+void peri_softmax_ref(float *x, int64_t n);   // in place, max-subtracted, float32
+static inline float peri_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
+void peri_axpy_ref(float *y, float a, const float *x, int64_t n);   // y += a * x
+void peri_silu_row_ref(float *y, const float *x, int64_t n);       // y = silu(x); y may equal x
+
+// Dispatched versions of the helpers above (same contracts; results within the tolerances of
+// docs/kernels.md of the _ref versions, since SIMD sums in a different order).
+float peri_dot(const float *a, const float *b, int64_t n);
+void peri_axpy(float *y, float a, const float *x, int64_t n);
+void peri_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+void peri_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
+void peri_softmax(float *x, int64_t n);
+void peri_silu_row(float *y, const float *x, int64_t n);
+
+// RoPE on one head vector of dim d (rotating `n_rot` leading dims, n_rot <= d), position pos, base theta.
+//   interleaved (GPT-J / ggml NORM): pairs (2i, 2i+1);  half (NeoX): pairs (i, i + n_rot/2).
+// cos/sin come from a table [pos][n_rot/2] built once (peri_rope_table) so both variants use the
+// same float32 values as the references.
+void peri_rope_table(float *cos_tab, float *sin_tab, int64_t n_pos, int n_rot, double theta);
+void peri_rope_apply(float *x, int n_rot, const float *cos_row, const float *sin_row, int interleaved);
+
+// Matrix multiply of small float32 matrices: C[m x n] = A[m x k] . B[k x n] (+= when accumulate).
+void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, int k, int accumulate);
+
+const char *peri_kernels_info(void);   // which SIMD versions the dispatcher chose
+
+// Kernel levels. The best one the CPU supports is chosen at the first call, unless the environment
+// variable PERI_KERNELS (ref|avx2|avx512|neon|auto) asks for another (an unsupported request falls back
+// to the best supported level below it).
+enum peri_kernel_level {
+    PERI_KERNELS_REF = 0,
+    PERI_KERNELS_AVX2 = 1,   // x86-64 AVX2 + FMA + F16C
+    PERI_KERNELS_AVX512 = 2, // x86-64 AVX-512 F/BW/VL/DQ
+    PERI_KERNELS_NEON = 3,   // AArch64 Advanced SIMD
+    PERI_KERNELS_LEVELS,
+};
+bool peri_kernels_supported(int level);
+int peri_kernels_set_level(int level);   // PERI_OK, or PERI_E_UNSUPPORTED (level unchanged)
+int peri_kernels_level(void);
+const char *peri_kernels_level_name(int level);
+
+// Read bandwidth in GB/s (1e9 bytes/s) of a streaming sum over a `bytes` buffer with all pool threads,
+// best of a few runs; a negative status if the buffer cannot be allocated.
+double peri_measure_read_bandwidth(peri_pool *pool, size_t bytes);
+
+#endif

@@ -1,0 +1,80 @@
+// The model and context objects behind the public handles, and the interface every architecture
+// implements (src/models/<arch>.c). Adding an architecture = one ops table + one line in model.c.
+#ifndef PERI_RUNTIME_MODEL_H
+#define PERI_RUNTIME_MODEL_H
+
+#include "formats/weights.h"
+#include "peri.h"
+#include "runtime/pool.h"
+
+#include <stdio.h>
+
+// A growable text buffer for describe().
+typedef struct peri_strbuf { char *s; size_t len, cap; int oom; } peri_strbuf;
+void peri_sb_printf(peri_strbuf *sb, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+struct peri_arch_ops {
+    const char *name;                                  // "pldrllm", "plm"
+    const char *model_type;                            // HF config.json model_type
+    // True if this architecture handles the files: HF model_type / architectures, or GGUF arch.
+    int (*match)(const peri_weights *w);
+    // Reads the config (config.json or GGUF keys) and binds every weight; sets the common hparams.
+    int (*load)(peri_model *m);
+    void (*free)(peri_model *m);
+    void (*describe)(const peri_model *m, peri_strbuf *sb);   // config summary
+    // Allocates caches and scratch for c->params (all of it, once).
+    int (*ctx_init)(peri_context *c);
+    void (*ctx_free)(peri_context *c);
+    // Forward of a batch; writes c->logits (rows as peri_get_logits documents) and appends to caches.
+    int (*decode)(peri_context *c, const struct peri_batch *b);
+    // Resets the per-sequence state beyond the generic length (e.g. PLDR's G-cache status).
+    void (*seq_clear)(peri_context *c, int32_t seq);
+    // Points *data at a named float32 state tensor of a sequence (see peri_get_state) and gives its shape.
+    int (*get_state)(const peri_context *c, const char *name, int32_t seq, const float **data, int32_t *n_dims,
+                     int64_t shape[4]);
+    int (*dag)(const peri_context *c, int32_t seq, double out[3]);
+    // `peri init`: writes out_dir/model.safetensors with random weights for this config (the caller writes
+    // config.json). The recipe is documented per architecture.
+    int (*init_random)(const json_value *config, uint64_t seed, const char *out_dir);
+};
+
+struct peri_model {
+    peri_weights w;
+    const struct peri_arch_ops *ops;
+    void *arch;                       // the architecture's weights struct
+    int32_t n_vocab, n_embd, n_layer, n_ctx_train;
+    peri_token bos, eos, pad;
+    peri_tokenizer *tok;              // may be NULL
+    struct peri_model_params params;
+    // Small weights converted to float32 at load (norms, biases, ...), owned here: freed with the model.
+    void **owned;
+    int n_owned, cap_owned;
+};
+
+struct peri_context {
+    peri_model *model;
+    struct peri_context_params params;
+    peri_pool *pool;
+    void *arch;                       // caches and scratch
+    int32_t *seq_len;                 // [n_seq_max] tokens in each sequence's cache
+    float *logits;                    // [n_seq_max * n_batch * n_vocab]
+    int64_t n_logits_rows;
+};
+
+// Float32 copy of a (small) weight of any supported type, owned by the model. NULL + error on failure.
+float *peri_model_f32_copy(peri_model *m, const peri_tensor *t);
+// Finds a tensor and checks its shape (n_dims values in shape[]); error names the tensor and both shapes.
+int peri_model_get(peri_model *m, const char *name, int n_dims, const int64_t *shape, const peri_tensor **out);
+// Same, then a float32 copy (for vectors and small matrices).
+int peri_model_get_f32(peri_model *m, const char *name, int n_dims, const int64_t *shape, float **out);
+// Allocation owned by the model (zeroed); NULL on failure with an error set.
+void *peri_model_alloc(peri_model *m, size_t bytes);
+
+extern const struct peri_arch_ops peri_arch_pldr;
+extern const struct peri_arch_ops peri_arch_plm;
+
+#endif

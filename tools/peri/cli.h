@@ -1,0 +1,37 @@
+// Shared helpers of the `peri` command: argument parsing, id lists, model loading with messages.
+#ifndef PERI_CLI_H
+#define PERI_CLI_H
+
+#include "peri.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// Each subcommand: argv[0] is its name. Returns the process exit code.
+int peri_cmd_logits(int argc, char **argv);
+int peri_cmd_run(int argc, char **argv);
+int peri_cmd_inspect(int argc, char **argv);
+int peri_cmd_init(int argc, char **argv);
+int peri_cmd_bench(int argc, char **argv);
+int peri_cmd_tokenize(int argc, char **argv);
+int peri_cmd_detokenize(int argc, char **argv);
+
+// Prints "peri <cmd>: <message>" to stderr; returns 1 (the exit code for errors).
+int cli_error(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+// Same with peri_last_error() appended.
+int cli_lib_error(const char *cmd, const char *what);
+
+// Parses "I J K" (spaces or commas) into a malloc'd array. Returns count, or -1 with a message printed.
+int cli_parse_ids(const char *cmd, const char *s, peri_token **out);
+// Strict integer / float parsing of an option value; prints an error and returns false if invalid.
+bool cli_int(const char *cmd, const char *opt, const char *v, long lo, long hi, long *out);
+bool cli_float(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out);
+// The value of option argv[*i] (advances *i); prints an error and returns NULL if missing.
+const char *cli_value(const char *cmd, int argc, char **argv, int *i);
+
+#endif

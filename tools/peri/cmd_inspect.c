@@ -1,0 +1,36 @@
+// `peri inspect MODEL`: architecture, config, every tensor (name, dtype, shape), file sizes, GGUF metadata.
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int peri_cmd_inspect(int argc, char **argv) {
+    const char *cmd = "inspect", *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fprintf(stderr, "usage: peri inspect MODEL   (a Hugging Face folder or a .gguf file)\n");
+            return 0;
+        } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
+            if (!(path = cli_value(cmd, argc, argv, &i))) return 1;
+        } else if (argv[i][0] == '-') {
+            return cli_error(cmd, "unknown option '%s'", argv[i]);
+        } else {
+            path = argv[i];
+        }
+    }
+    if (!path) return cli_error(cmd, "no model: usage: peri inspect MODEL");
+    peri_model *m;
+    if (peri_model_load(path, peri_model_default_params(), &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
+    int64_t need = -peri_model_describe(m, NULL, 0);
+    char *buf = need > 0 ? malloc((size_t)need) : NULL;
+    if (!buf || peri_model_describe(m, buf, (size_t)need) < 0) {
+        free(buf);
+        peri_model_free(m);
+        return cli_error(cmd, "out of memory");
+    }
+    fputs(buf, stdout);
+    free(buf);
+    peri_model_free(m);
+    return 0;
+}

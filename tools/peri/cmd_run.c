@@ -1,0 +1,199 @@
+// `peri run`: generate from a prompt.
+//   peri run -m MODEL (-p TEXT | --ids "...") -n N [--temp T] [--top-k K] [--top-p P] [--seed S] [--print-ids]
+// --temp 0 is greedy; --top-k 0 and --top-p 1 switch those filters off (Hugging Face semantics).
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: peri run -m MODEL (-p TEXT | --ids \"I J K ...\") [-n N] [options]\n"
+            "  -m MODEL        a Hugging Face folder (config.json + safetensors) or a .gguf file\n"
+            "  -p TEXT         prompt text (encoded with the model's tokenizer, no BOS added)\n"
+            "  --ids \"...\"     prompt token ids instead of text\n"
+            "  -n N            tokens to generate (default 64; stops early at the end-of-text token)\n"
+            "  --temp T        temperature (default 0.8; 0 = greedy)\n"
+            "  --top-k K       keep the K most likely tokens (default 40; 0 = off)\n"
+            "  --top-p P       nucleus sampling mass (default 0.95; 1 = off)\n"
+            "  --min-p P       drop tokens below P x the top probability (default 0 = off)\n"
+            "  --repeat-penalty R  Hugging Face repetition penalty (default 1 = off)\n"
+            "  --seed S        random seed (default 0)\n"
+            "  --print-ids     print the generated ids on one line instead of text\n"
+            "  --ignore-eos    do not stop at the end-of-text token\n"
+            "  --ctx N         context length (default: prompt + N, at most the model's)\n"
+            "  -t N            threads (default: physical cores)\n");
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Length of the longest prefix of s[0..n) that does not end inside a UTF-8 sequence.
+static size_t utf8_complete(const char *s, size_t n) {
+    size_t i = n, back = 0;
+    while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) { i--; back++; }
+    if (i == 0) return n;
+    unsigned char c = (unsigned char)s[i - 1];
+    size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    return (back + 1 >= need) ? n : i - 1;
+}
+
+int peri_cmd_run(int argc, char **argv) {
+    const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL;
+    long n_gen = 64, top_k = 40, threads = 0, n_ctx = 0;
+    double temp = 0.8, top_p = 0.95, min_p = 0.0, rep = 1.0;
+    unsigned long long seed = 0;
+    bool print_ids = false, ignore_eos = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(model_path = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!(prompt = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "--ids")) { if (!(ids_s = cli_value(cmd, argc, argv, &i))) return 1; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 20, &n_gen)) return 1; }
+        else if (!strcmp(a, "--temp")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 100, &temp)) return 1; }
+        else if (!strcmp(a, "--top-k")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 30, &top_k)) return 1; }
+        else if (!strcmp(a, "--top-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &top_p)) return 1; }
+        else if (!strcmp(a, "--min-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &min_p)) return 1; }
+        else if (!strcmp(a, "--repeat-penalty")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 1e-3, 100, &rep)) return 1; }
+        else if (!strcmp(a, "--seed")) {
+            long s;
+            if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 0x7fffffffL, &s)) return 1;
+            seed = (unsigned long long)s;
+        }
+        else if (!strcmp(a, "--print-ids")) print_ids = true;
+        else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
+        else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1 << 20, &n_ctx)) return 1; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
+        else { usage(); return cli_error(cmd, "unknown option '%s'", a); }
+    }
+    if (!model_path) { usage(); return cli_error(cmd, "no model: give -m MODEL"); }
+    if (!prompt && !ids_s) { usage(); return cli_error(cmd, "no prompt: give -p TEXT or --ids \"...\""); }
+    if (prompt && ids_s) return cli_error(cmd, "give either -p or --ids, not both");
+    if ((prompt && !*prompt))
+        return cli_error(cmd, "the prompt is empty: these models add no BOS token, so generation needs at least one "
+                         "prompt token");
+
+    int rc = 1;
+    peri_model *model = NULL;
+    peri_context *ctx = NULL;
+    peri_sampler *smp = NULL;
+    peri_token *ids = NULL, *all = NULL;
+    char *text = NULL;
+    int n_ids = 0;
+    if (peri_model_load(model_path, peri_model_default_params(), &model) != PERI_OK) {
+        cli_lib_error(cmd, "cannot load the model");
+        goto done;
+    }
+    const peri_tokenizer *tok = peri_model_tokenizer(model);
+    if (prompt) {
+        if (!tok) { cli_error(cmd, "'%s' has no tokenizer (tokenizer.model / tokenizer.json); use --ids", model_path); goto done; }
+        size_t len = strlen(prompt);
+        int64_t need = peri_tokenize(tok, prompt, len, NULL, 0, false);
+        if (need < 0) need = -need;
+        ids = malloc(sizeof(peri_token) * (size_t)(need + 1));
+        if (!ids) { cli_error(cmd, "out of memory"); goto done; }
+        int64_t got = peri_tokenize(tok, prompt, len, ids, (size_t)need + 1, false);
+        if (got < 0) { cli_lib_error(cmd, "cannot tokenize the prompt"); goto done; }
+        n_ids = (int)got;
+    } else {
+        n_ids = cli_parse_ids(cmd, ids_s, &ids);
+        if (n_ids < 0) goto done;
+    }
+    if (n_ids == 0) {
+        cli_error(cmd, "the prompt has no tokens: these models add no BOS token, so generation needs at least one");
+        goto done;
+    }
+    const int V = peri_model_n_vocab(model), max_ctx = peri_model_n_ctx_train(model);
+    if (!n_ctx) n_ctx = n_ids + n_gen < max_ctx ? n_ids + n_gen : max_ctx;
+    if (n_ids > n_ctx) {
+        cli_error(cmd, "the prompt has %d tokens, more than the context of %ld (the model allows %d)", n_ids, n_ctx, max_ctx);
+        goto done;
+    }
+    struct peri_context_params cp = peri_context_default_params();
+    cp.n_ctx = (int32_t)n_ctx;
+    cp.n_batch = n_ids;
+    cp.n_threads = (int32_t)threads;
+    if (peri_context_init(model, cp, &ctx) != PERI_OK) { cli_lib_error(cmd, "cannot create the context"); goto done; }
+    struct peri_sampler_params sp = peri_sampler_default_params();
+    sp.temperature = (float)temp;
+    sp.top_k = (int32_t)top_k;
+    sp.top_p = (float)top_p;
+    sp.min_p = (float)min_p;
+    sp.repeat_penalty = (float)rep;
+    sp.seed = seed;
+    if (peri_sampler_init(sp, V, &smp) != PERI_OK) { cli_lib_error(cmd, "bad sampling options"); goto done; }
+    all = malloc(sizeof(peri_token) * (size_t)(n_ids + n_gen + 1));
+    if (!all) { cli_error(cmd, "out of memory"); goto done; }
+    memcpy(all, ids, sizeof(peri_token) * (size_t)n_ids);
+    for (int i = 0; i < n_ids; i++) peri_sampler_accept(smp, ids[i]);
+
+    const bool stream_text = !print_ids && tok;
+    size_t printed = 0, text_cap = 0;
+    if (stream_text) {
+        int64_t need = -peri_detokenize(tok, all, (size_t)n_ids, NULL, 0, true);
+        text_cap = (size_t)(need > 0 ? need : 0) + 4096;
+        text = malloc(text_cap);
+        if (!text) { cli_error(cmd, "out of memory"); goto done; }
+        int64_t got = peri_detokenize(tok, all, (size_t)n_ids, text, text_cap, true);
+        if (got < 0) got = 0;
+        fwrite(text, 1, (size_t)got, stdout);
+        fflush(stdout);
+        printed = (size_t)got;
+    }
+    double t0 = now_s(), t_prefill = 0;
+    struct peri_batch b = {.n_seq = 1, .n_tokens = n_ids, .tokens = ids};
+    int n_out = 0;
+    const peri_token eos = peri_model_eos(model);
+    for (;;) {
+        if (peri_decode(ctx, &b) != PERI_OK) { cli_lib_error(cmd, "generation failed"); goto done; }
+        if (n_out == 0) t_prefill = now_s() - t0;
+        if (n_out >= n_gen) break;
+        peri_token t = peri_sampler_sample(smp, peri_get_logits(ctx));
+        peri_sampler_accept(smp, t);
+        all[n_ids + n_out++] = t;
+        if (!ignore_eos && t == eos) break;
+        if (stream_text) {
+            int64_t got;
+            while ((got = peri_detokenize(tok, all, (size_t)(n_ids + n_out), text, text_cap, true)) < 0) {
+                size_t cap = (size_t)(-got) + 4096;
+                char *nt = realloc(text, cap);
+                if (!nt) { cli_error(cmd, "out of memory"); goto done; }
+                text = nt;
+                text_cap = cap;
+            }
+            size_t upto = utf8_complete(text, (size_t)got);
+            if (upto > printed) {
+                fwrite(text + printed, 1, upto - printed, stdout);
+                fflush(stdout);
+                printed = upto;
+            }
+        }
+        if (n_out >= n_gen || peri_seq_len(ctx, 0) >= n_ctx) break;
+        b = (struct peri_batch){.n_seq = 1, .n_tokens = 1, .tokens = &all[n_ids + n_out - 1]};
+    }
+    double t_all = now_s() - t0;
+    if (print_ids || !tok) {
+        for (int i = 0; i < n_out; i++) printf("%s%d", i ? " " : "", all[n_ids + i]);
+        printf("\n");
+    } else {
+        printf("\n");
+    }
+    fprintf(stderr, "peri run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens (%.1f tok/s)\n", n_ids,
+            t_prefill, n_ids / (t_prefill > 0 ? t_prefill : 1e-9), n_out,
+            n_out > 1 ? (n_out - 1) / (t_all - t_prefill > 0 ? t_all - t_prefill : 1e-9) : 0.0);
+    rc = 0;
+done:
+    free(text);
+    free(all);
+    free(ids);
+    peri_sampler_free(smp);
+    peri_context_free(ctx);
+    peri_model_free(model);
+    return rc;
+}
