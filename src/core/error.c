@@ -23,13 +23,18 @@ int peri_fail(int status, const char *fmt, ...) {
 }
 
 int peri_fail_prefix(int status, const char *fmt, ...) {
-    char prefix[1024], old[sizeof g_msg];
+    char old[sizeof g_msg];
+    memcpy(old, g_msg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(g_msg, sizeof g_msg, fmt, ap);
     va_end(ap);
-    memcpy(old, g_msg, sizeof old);
-    snprintf(g_msg, sizeof g_msg, "%s%s", prefix, old);
+    if (n >= 0 && (size_t)n < sizeof g_msg) {
+        size_t room = sizeof g_msg - (size_t)n - 1, len = strlen(old);
+        if (len > room) len = room;
+        memcpy(g_msg + n, old, len);
+        g_msg[(size_t)n + len] = 0;
+    }
     return status;
 }
 
