@@ -576,7 +576,7 @@ size_t json_escape(char *buf, size_t size, const char *s, size_t len) {
         else if (c == '\t') { PUT('\\'); PUT('t'); u++; }
         else if (c == '\b') { PUT('\\'); PUT('b'); u++; }
         else if (c == '\f') { PUT('\\'); PUT('f'); u++; }
-        else if (c < 0x20 || c == 0x7F) {
+        else if (c < 0x20) {
             PUT('\\'); PUT('u'); PUT('0'); PUT('0'); PUT(hex[c >> 4]); PUT(hex[c & 15]);
             u++;
         } else if (c < 0x80) { PUT((char)c); u++; }
