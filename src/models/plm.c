@@ -1,0 +1,714 @@
+// PLM (PLM-Team/PLM-1.8B): MLA without query LoRA, squared-ReLU MLP, tied embeddings; latent or full KV cache.
+//
+// Math: /work/shared/specs/plm.md section 2; cache layouts and the absorbed derivation: docs/plm.md.
+#include "core/error.h"
+#include "kernels/ops.h"
+#include "runtime/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Hyperparameters are bounded so that every size product below fits comfortably in size_t and int64.
+#define PLM_MAX_DIM (1 << 20)
+#define PLM_MAX_LAYERS 4096
+#define PLM_MAX_CTX (1 << 22)
+// Tokens per row processed through all layers at once: bounds the scratch (the batch is split into
+// micro-batches of this many tokens; causality makes that exact).
+#define PLM_UBATCH 256
+
+struct plm_layer {
+    const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
+    float *attn_norm, *kva_norm, *ffn_norm;
+    // W_kb^T for the absorbed query, float32 [H*R x nope]: row h*R+r holds kv_b[h*(nope+v)+d][r] over d.
+    // Built when the first latent-cache context is made (see plm_build_wkbt).
+    peri_tensor wkbt;
+};
+
+struct plm_model {
+    int64_t n_embd, n_head, nope, rope, vdim, rank, n_ff, n_vocab, n_layer, n_ctx_train;
+    int64_t dk;                  // nope + rope
+    double theta;
+    float eps;
+    const peri_tensor *embd, *output;
+    float *out_norm;
+    struct plm_layer *layers;
+    bool has_wkbt;
+    bool gguf;
+};
+
+struct plm_ctx {
+    int64_t ubatch;              // tokens per row in one micro-batch
+    int64_t n_rows_max;          // n_seq_max * ubatch
+    bool full;                   // kv_full: expanded K/V cache
+    bool cache_f16;              // cache element type (F16 or F32)
+    size_t esz;                  // bytes per cache element
+    // Latent cache: [layer][seq][slot][rank + rope]. Full cache: K [layer][seq][slot][H*dk], V [..][H*v].
+    void *cache_a, *cache_b;
+    int64_t width_a, width_b;    // elements per slot in cache_a / cache_b
+    uint8_t *valid;              // [seq][slot]: 0 = padding token (never a key)
+    float *cos_tab, *sin_tab;    // [n_ctx_train][rope/2]
+    // micro-batch scratch, rows = n_rows_max
+    float *x, *h, *tmp, *q, *a, *kv, *qlat, *clat, *att, *ff;
+    // per-thread scratch
+    int nth;
+    float *scores;               // [nth][H * n_ctx]
+    float *rowbuf;               // [nth][rowbuf_n]
+    int64_t rowbuf_n;
+    // tensor_cb scratch (only when a callback is set)
+    float *probs, *emit;         // probs [n_rows_max][H][n_ctx] (NULL if too large), emit [emit_n]
+    int64_t emit_n;
+    // per micro-batch bookkeeping
+    int32_t *row_seq, *row_slot, *row_pos;   // [n_rows_max]
+};
+
+// ---- loading ------------------------------------------------------------------------------------------
+
+static int plm_match(const peri_weights *w) {
+    if (w->gguf) {
+        gguf_str s;
+        return peri_gguf_get_str(w->gguf, "general.architecture", &s) && s.len == 3 && !memcmp(s.s, "plm", 3);
+    }
+    const char *mt = NULL;
+    if (json_get_str(w->config, "model_type", NULL, &mt) && mt && !strcmp(mt, "plm")) return 1;
+    const json_value *arch = json_get(w->config, "architectures");
+    if (arch && arch->type == JSON_ARRAY)
+        for (size_t i = 0; i < arch->len; i++)
+            if (arch->items[i].type == JSON_STRING && !strcmp(arch->items[i].str, "PLMForCausalLM")) return 1;
+    peri_clear_error();
+    return 0;
+}
+
+static int cfg_int(const peri_model *m, const char *key, const char *gkey, int64_t def, int64_t lo, int64_t hi,
+                   int64_t *out) {
+    int64_t v = def;
+    if (m->w.gguf) {
+        int64_t g;
+        if (peri_gguf_get_i64(m->w.gguf, gkey, &g)) v = g;
+        else if (def == INT64_MIN)
+            return peri_fail(PERI_E_FORMAT, "'%s': GGUF key '%s' is missing or not an integer; it is required for "
+                             "a plm model", m->w.path, gkey);
+    } else {
+        if (!json_get_int(m->w.config, key, def, &v)) return PERI_E_FORMAT;
+        if (v == INT64_MIN)
+            return peri_fail(PERI_E_FORMAT, "'%s': config.json has no integer '%s'; it is required for a plm "
+                             "model", m->w.path, key);
+    }
+    if (v < lo || v > hi)
+        return peri_fail(PERI_E_FORMAT, "'%s': %s = %lld is outside the supported range %lld..%lld", m->w.path,
+                         m->w.gguf ? gkey : key, (long long)v, (long long)lo, (long long)hi);
+    *out = v;
+    return PERI_OK;
+}
+
+static int cfg_num(const peri_model *m, const char *key, const char *gkey, double def, double *out) {
+    double v = def;
+    if (m->w.gguf) {
+        double g;
+        if (peri_gguf_get_f64(m->w.gguf, gkey, &g)) v = g;
+        else if (isnan(def))
+            return peri_fail(PERI_E_FORMAT, "'%s': GGUF key '%s' is missing or not a number; it is required for "
+                             "a plm model", m->w.path, gkey);
+    } else if (!json_get_num(m->w.config, key, def, &v)) {
+        return PERI_E_FORMAT;
+    }
+    if (!isfinite(v) || v <= 0)
+        return peri_fail(PERI_E_FORMAT, "'%s': %s = %g must be a positive number", m->w.path, m->w.gguf ? gkey : key,
+                         v);
+    *out = v;
+    return PERI_OK;
+}
+
+// HF config checks for features PLM does not have: refuse rather than compute something else.
+static int check_hf_config(const peri_model *m) {
+    const json_value *cfg = m->w.config;
+    const json_value *v = json_get(cfg, "q_lora_rank");
+    if (v && v->type != JSON_NULL)
+        return peri_fail(PERI_E_UNSUPPORTED, "'%s': config.json q_lora_rank is set, but PLM has a full-rank q_proj "
+                         "(q_lora_rank null); a query LoRA is DeepSeek-V2 style and not supported", m->w.path);
+    v = json_get(cfg, "rope_scaling");
+    if (v && v->type != JSON_NULL)
+        return peri_fail(PERI_E_UNSUPPORTED, "'%s': config.json rope_scaling is set; PLM uses plain RoPE and peri "
+                         "supports no rope scaling for it (set it to null)", m->w.path);
+    const char *act = NULL;
+    if (!json_get_str(cfg, "hidden_act", "relu2", &act)) return PERI_E_FORMAT;
+    if (strcmp(act, "relu2") != 0)
+        return peri_fail(PERI_E_UNSUPPORTED, "'%s': config.json hidden_act is '%s'; PLM's MLP is relu2 (squared "
+                         "ReLU) and no other activation is supported", m->w.path, act);
+    bool bias = false;
+    if (!json_get_bool(cfg, "attention_bias", false, &bias)) return PERI_E_FORMAT;
+    if (bias)
+        return peri_fail(PERI_E_UNSUPPORTED, "'%s': config.json attention_bias is true; PLM has no attention biases",
+                         m->w.path);
+    return PERI_OK;
+}
+
+static int token_id(const peri_model *m, const char *key, const char *gkey, int64_t n_vocab, peri_token *out) {
+    int64_t v = -1;
+    if (m->w.gguf) {
+        if (!peri_gguf_get_i64(m->w.gguf, gkey, &v)) v = -1;
+    } else {
+        const json_value *j = json_get(m->w.config, key);
+        if (j && j->type == JSON_NUMBER && j->is_integer) v = j->integer;
+        else if (j && j->type == JSON_ARRAY && j->len > 0 && j->items[0].type == JSON_NUMBER &&
+                 j->items[0].is_integer)
+            v = j->items[0].integer;   // eos_token_id may be a list in HF configs: the first one
+    }
+    *out = v >= 0 && v < n_vocab ? (peri_token)v : -1;
+    return PERI_OK;
+}
+
+static int get_w(peri_model *m, const char *hf, const char *gg, int l, int n_dims, const int64_t *shape,
+                 const peri_tensor **out) {
+    char name[160];
+    snprintf(name, sizeof name, m->w.gguf ? gg : hf, l);
+    return peri_model_get(m, name, n_dims, shape, out);
+}
+
+static int get_w_f32(peri_model *m, const char *hf, const char *gg, int l, int64_t n, float **out) {
+    char name[160];
+    snprintf(name, sizeof name, m->w.gguf ? gg : hf, l);
+    return peri_model_get_f32(m, name, 1, &n, out);
+}
+
+static int plm_load(peri_model *m) {
+    struct plm_model *p = peri_model_alloc(m, sizeof *p);
+    if (!p) return PERI_E_NOMEM;
+    m->arch = p;
+    p->gguf = m->w.gguf != NULL;
+    int rc;
+    if (!p->gguf && (rc = check_hf_config(m))) return rc;
+    const int64_t REQ = INT64_MIN;
+    if ((rc = cfg_int(m, "hidden_size", "plm.embedding_length", REQ, 1, PLM_MAX_DIM, &p->n_embd)) ||
+        (rc = cfg_int(m, "num_hidden_layers", "plm.block_count", REQ, 1, PLM_MAX_LAYERS, &p->n_layer)) ||
+        (rc = cfg_int(m, "num_attention_heads", "plm.attention.head_count", REQ, 1, 4096, &p->n_head)) ||
+        (rc = cfg_int(m, "intermediate_size", "plm.feed_forward_length", REQ, 1, PLM_MAX_DIM, &p->n_ff)) ||
+        (rc = cfg_int(m, "kv_lora_rank", "plm.attention.kv_lora_rank", REQ, 1, PLM_MAX_DIM, &p->rank)) ||
+        (rc = cfg_int(m, "max_position_embeddings", "plm.context_length", REQ, 1, PLM_MAX_CTX, &p->n_ctx_train)))
+        return rc;
+    int64_t kv_heads = p->n_head;
+    if ((rc = cfg_int(m, "num_key_value_heads", "plm.attention.head_count_kv", p->n_head, 1, 4096, &kv_heads)))
+        return rc;
+    if (kv_heads != p->n_head)
+        return peri_fail(PERI_E_UNSUPPORTED, "'%s': %lld key/value heads for %lld attention heads; PLM's MLA expands "
+                         "the latent into one K/V per head, so the two counts must be equal", m->w.path,
+                         (long long)kv_heads, (long long)p->n_head);
+    if (p->gguf) {
+        int64_t klen, vlen;
+        if ((rc = cfg_int(m, NULL, "plm.attention.key_length", REQ, 2, PLM_MAX_DIM, &klen)) ||
+            (rc = cfg_int(m, NULL, "plm.attention.value_length", REQ, 1, PLM_MAX_DIM, &vlen)) ||
+            (rc = cfg_int(m, NULL, "plm.rope.dimension_count", REQ, 2, PLM_MAX_DIM, &p->rope)))
+            return rc;
+        if (p->rope >= klen)
+            return peri_fail(PERI_E_FORMAT, "'%s': plm.rope.dimension_count %lld must be smaller than "
+                             "plm.attention.key_length %lld (key = [nope | rope])", m->w.path, (long long)p->rope,
+                             (long long)klen);
+        p->nope = klen - p->rope;
+        p->vdim = vlen;
+    } else {
+        if ((rc = cfg_int(m, "qk_nope_head_dim", NULL, REQ, 1, PLM_MAX_DIM, &p->nope)) ||
+            (rc = cfg_int(m, "qk_rope_head_dim", NULL, REQ, 2, PLM_MAX_DIM, &p->rope)) ||
+            (rc = cfg_int(m, "v_head_dim", NULL, REQ, 1, PLM_MAX_DIM, &p->vdim)))
+            return rc;
+    }
+    if (p->rope % 2)
+        return peri_fail(PERI_E_FORMAT, "'%s': the rotary dimension %lld must be even (RoPE rotates pairs)",
+                         m->w.path, (long long)p->rope);
+    p->dk = p->nope + p->rope;
+    if (p->n_head * (p->dk + p->vdim + p->rank) > PLM_MAX_DIM * 16)
+        return peri_fail(PERI_E_FORMAT, "'%s': %lld heads of %lld+%lld dims are beyond peri's limits", m->w.path,
+                         (long long)p->n_head, (long long)p->dk, (long long)p->vdim);
+    double eps, theta;
+    // llama.cpp requires the eps key in GGUF; its rope base defaults to 10000 there. HF PLMConfig defaults.
+    if ((rc = cfg_num(m, "rms_norm_eps", "plm.attention.layer_norm_rms_epsilon", p->gguf ? NAN : 1e-6, &eps)) ||
+        (rc = cfg_num(m, "rope_theta", "plm.rope.freq_base", p->gguf ? 10000.0 : 100000.0, &theta)))
+        return rc;
+    p->eps = (float)eps;
+    p->theta = theta;
+
+    // The vocabulary is the embedding's row count; a vocab_size key, when present, must agree.
+    const peri_tensor *e = peri_weights_find(&m->w, p->gguf ? "token_embd.weight" : "model.embed_tokens.weight");
+    if (!e || e->n_dims != 2)
+        return peri_fail(PERI_E_FORMAT, "'%s': the token embedding '%s' is missing or not a matrix", m->w.path,
+                         p->gguf ? "token_embd.weight" : "model.embed_tokens.weight");
+    p->n_vocab = e->shape[0];
+    int64_t vs;
+    if ((rc = cfg_int(m, "vocab_size", "plm.vocab_size", p->n_vocab, 1, INT32_MAX, &vs))) return rc;
+    if (vs != p->n_vocab)
+        return peri_fail(PERI_E_FORMAT, "'%s': vocab_size is %lld but the embedding has %lld rows", m->w.path,
+                         (long long)vs, (long long)p->n_vocab);
+    const int64_t D = p->n_embd, H = p->n_head, R = p->rank;
+    int64_t s2[2] = {p->n_vocab, D};
+    if ((rc = peri_model_get(m, e->name, 2, s2, &p->embd))) return rc;
+    const char *out_name = p->gguf ? "output.weight" : "lm_head.weight";
+    if (peri_weights_find(&m->w, out_name)) {
+        if ((rc = peri_model_get(m, out_name, 2, s2, &p->output))) return rc;
+    } else {
+        p->output = p->embd;   // tied (PLM always is; an lm_head, if a file has one, wins)
+    }
+    if ((rc = get_w_f32(m, "model.norm.weight", "output_norm.weight", 0, D, &p->out_norm))) return rc;
+
+    p->layers = peri_model_alloc(m, sizeof *p->layers * (size_t)p->n_layer);
+    if (!p->layers) return PERI_E_NOMEM;
+    for (int l = 0; l < p->n_layer; l++) {
+        struct plm_layer *L = &p->layers[l];
+        int64_t sq[2] = {H * p->dk, D}, sa[2] = {R + p->rope, D}, sb[2] = {H * (p->nope + p->vdim), R},
+                so[2] = {D, H * p->vdim}, su[2] = {p->n_ff, D}, sd[2] = {D, p->n_ff};
+        if ((rc = get_w(m, "model.layers.%d.self_attn.q_proj.weight", "blk.%d.attn_q.weight", l, 2, sq, &L->wq)) ||
+            (rc = get_w(m, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", "blk.%d.attn_kv_a_mqa.weight", l,
+                        2, sa, &L->wkva)) ||
+            (rc = get_w(m, "model.layers.%d.self_attn.kv_b_proj.weight", "blk.%d.attn_kv_b.weight", l, 2, sb,
+                        &L->wkvb)) ||
+            (rc = get_w(m, "model.layers.%d.self_attn.o_proj.weight", "blk.%d.attn_output.weight", l, 2, so,
+                        &L->wo)) ||
+            (rc = get_w(m, "model.layers.%d.mlp.up_proj.weight", "blk.%d.ffn_up.weight", l, 2, su, &L->up)) ||
+            (rc = get_w(m, "model.layers.%d.mlp.down_proj.weight", "blk.%d.ffn_down.weight", l, 2, sd, &L->down)) ||
+            (rc = get_w_f32(m, "model.layers.%d.input_layernorm.weight", "blk.%d.attn_norm.weight", l, D,
+                            &L->attn_norm)) ||
+            (rc = get_w_f32(m, "model.layers.%d.self_attn.kv_a_layernorm.weight", "blk.%d.attn_kv_a_norm.weight", l,
+                            R, &L->kva_norm)) ||
+            (rc = get_w_f32(m, "model.layers.%d.post_attention_layernorm.weight", "blk.%d.ffn_norm.weight", l, D,
+                            &L->ffn_norm)))
+            return rc;
+    }
+
+    m->n_vocab = (int32_t)p->n_vocab;
+    m->n_embd = (int32_t)D;
+    m->n_layer = (int32_t)p->n_layer;
+    m->n_ctx_train = (int32_t)p->n_ctx_train;
+    if (p->gguf) {
+        token_id(m, NULL, "tokenizer.ggml.bos_token_id", p->n_vocab, &m->bos);
+        token_id(m, NULL, "tokenizer.ggml.eos_token_id", p->n_vocab, &m->eos);
+        token_id(m, NULL, "tokenizer.ggml.padding_token_id", p->n_vocab, &m->pad);
+    } else {
+        token_id(m, "bos_token_id", NULL, p->n_vocab, &m->bos);
+        token_id(m, "eos_token_id", NULL, p->n_vocab, &m->eos);
+        token_id(m, "pad_token_id", NULL, p->n_vocab, &m->pad);
+    }
+    return PERI_OK;
+}
+
+// W_kb,h^T for every head, float32, so the absorbed query W_kb,h^T q_nope,h is an ordinary matmul with
+// any weight type. Costs H*R*nope floats per layer (128 MiB for PLM-1.8B), made once per model.
+static int plm_build_wkbt(peri_model *m) {
+    struct plm_model *p = m->arch;
+    if (p->has_wkbt) return PERI_OK;
+    const int64_t H = p->n_head, R = p->rank, nope = p->nope, vd = p->vdim;
+    float *row = malloc(sizeof(float) * (size_t)R);
+    if (!row) return peri_fail(PERI_E_NOMEM, "out of memory");
+    for (int64_t l = 0; l < p->n_layer; l++) {
+        struct plm_layer *L = &p->layers[l];
+        float *wt = peri_model_alloc(m, sizeof(float) * (size_t)(H * R * nope));
+        if (!wt) { free(row); return PERI_E_NOMEM; }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t d = 0; d < nope; d++) {
+                peri_get_row(L->wkvb, h * (nope + vd) + d, row);
+                for (int64_t r = 0; r < R; r++) wt[(h * R + r) * nope + d] = row[r];
+            }
+        L->wkbt = (peri_tensor){.name = "kv_b (W_kb^T, float32)", .type = PERI_TYPE_F32, .n_dims = 2,
+                                .shape = {H * R, nope}, .data = wt, .nbytes = sizeof(float) * (size_t)(H * R * nope)};
+    }
+    free(row);
+    p->has_wkbt = true;
+    return PERI_OK;
+}
+
+static void plm_describe(const peri_model *m, peri_strbuf *sb) {
+    const struct plm_model *p = m->arch;
+    peri_sb_printf(sb, "plm: %lld heads, q/k head %lld (nope %lld + rope %lld), v head %lld, kv_lora_rank %lld, "
+                   "ffn %lld (relu2), rope theta %g interleaved, rms eps %g, %s output\n",
+                   (long long)p->n_head, (long long)p->dk, (long long)p->nope, (long long)p->rope,
+                   (long long)p->vdim, (long long)p->rank, (long long)p->n_ff, p->theta, (double)p->eps,
+                   p->output == p->embd ? "tied" : "separate");
+    peri_sb_printf(sb, "plm cache per token (f16): latent %lld B, full K/V %lld B\n",
+                   (long long)((p->rank + p->rope) * 2 * p->n_layer),
+                   (long long)(p->n_head * (p->dk + p->vdim) * 2 * p->n_layer));
+}
+
+// ---- context ------------------------------------------------------------------------------------------
+
+static void plm_ctx_free(peri_context *c) {
+    struct plm_ctx *x = c->arch;
+    if (!x) return;
+    free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
+    free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv); free(x->qlat); free(x->clat);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->probs); free(x->emit);
+    free(x->row_seq); free(x->row_slot); free(x->row_pos);
+    free(x);
+    c->arch = NULL;
+}
+
+// n floats (or n elements of size es), NULL on overflow or failure.
+static void *alloc_n(int64_t n, size_t es) {
+    if (n < 0 || (uint64_t)n > SIZE_MAX / es / 2) return NULL;
+    return malloc(es * (size_t)(n ? n : 1));
+}
+
+static int plm_ctx_init(peri_context *c) {
+    peri_model *m = c->model;
+    struct plm_model *p = m->arch;
+    struct plm_ctx *x = calloc(1, sizeof *x);
+    if (!x) return peri_fail(PERI_E_NOMEM, "out of memory");
+    c->arch = x;
+    const int64_t H = p->n_head, R = p->rank, D = p->n_embd, nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
+    x->full = c->params.kv_full;
+    // F32 cache: an F16 cache moves the fixtures' logits by more than their 1e-3 tolerance (docs/plm.md).
+#ifdef PERI_PLM_CACHE_F16
+    x->cache_f16 = true;   // measurement builds only (docs/plm.md, "Cache precision")
+#else
+    x->cache_f16 = false;
+#endif
+    x->esz = x->cache_f16 ? 2 : 4;
+    x->ubatch = c->params.n_batch < PLM_UBATCH ? c->params.n_batch : PLM_UBATCH;
+    x->n_rows_max = nseq * x->ubatch;
+    const int64_t N = x->n_rows_max;
+    if (!x->full) {
+        int rc = plm_build_wkbt(m);
+        if (rc) return rc;
+        x->width_a = R + p->rope;
+        x->width_b = 0;
+    } else {
+        x->width_a = H * p->dk;
+        x->width_b = H * p->vdim;
+    }
+    int64_t slots = p->n_layer * nseq * nctx;
+    x->cache_a = alloc_n(slots * x->width_a, x->esz);
+    x->cache_b = x->full ? alloc_n(slots * x->width_b, x->esz) : NULL;
+    x->valid = calloc((size_t)(nseq * nctx), 1);
+    int64_t half = p->rope / 2;
+    x->cos_tab = alloc_n(p->n_ctx_train * half, 4);
+    x->sin_tab = alloc_n(p->n_ctx_train * half, 4);
+    x->x = alloc_n(N * D, 4);
+    x->h = alloc_n(N * D, 4);
+    x->tmp = alloc_n(N * D, 4);
+    x->q = alloc_n(N * H * p->dk, 4);
+    x->a = alloc_n(N * (R + p->rope), 4);
+    x->att = alloc_n(N * H * p->vdim, 4);
+    x->ff = alloc_n(N * p->n_ff, 4);
+    if (x->full) {
+        x->kv = alloc_n(N * H * (p->nope + p->vdim), 4);
+    } else {
+        x->qlat = alloc_n(N * H * R, 4);
+        x->clat = alloc_n(N * H * R, 4);
+    }
+    x->nth = peri_pool_size(c->pool);
+    x->scores = alloc_n((int64_t)x->nth * H * nctx, 4);
+    x->rowbuf_n = x->width_a > x->width_b ? x->width_a : x->width_b;
+    x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
+    x->row_seq = alloc_n(N, 4);
+    x->row_slot = alloc_n(N, 4);
+    x->row_pos = alloc_n(N, 4);
+    bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
+              x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
+              x->scores && x->rowbuf && x->row_seq && x->row_slot && x->row_pos;
+    if (ok && c->params.tensor_cb) {
+        // Attention probabilities are only kept for the callback, and only when that stays reasonable.
+        int64_t np = N * H * nctx;
+        if (np <= ((int64_t)64 << 20)) {
+            x->probs = alloc_n(np, 4);
+            ok = x->probs != NULL;
+        }
+        int64_t e = x->ubatch * (R > p->rope ? R : p->rope);
+        if (x->probs && np / nseq > e) e = np / nseq;
+        x->emit_n = e;
+        x->emit = alloc_n(e, 4);
+        ok = ok && x->emit;
+    }
+    if (!ok) {
+        double mib = (double)slots * (double)(x->width_a + x->width_b) * (double)x->esz / (1 << 20);
+        return peri_fail(PERI_E_NOMEM, "out of memory for the plm context: %lld sequences x %lld tokens need "
+                         "%.0f MiB of %s cache plus scratch; lower --ctx or the number of sequences%s",
+                         (long long)nseq, (long long)nctx, mib, x->full ? "full K/V" : "latent",
+                         x->full ? ", or drop --kv-full (the latent cache is far smaller)" : "");
+    }
+    peri_rope_table(x->cos_tab, x->sin_tab, p->n_ctx_train, (int)p->rope, p->theta);
+    return PERI_OK;
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+
+static inline void store_row(void *dst, const float *src, int64_t n, bool f16) {
+    if (f16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = peri_f32_to_f16(src[i]);
+    } else {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    }
+}
+
+// Cache row as float32: the row itself for an F32 cache, else converted into buf.
+static inline const float *load_row(const void *src, float *buf, int64_t n, bool f16) {
+    if (!f16) return src;
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++) buf[i] = peri_f16_to_f32(s[i]);
+    return buf;
+}
+
+static inline float dotf(const float *a, const float *b, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+struct attn_job {
+    peri_context *c;
+    int64_t layer, n_rows;
+};
+
+// Softmax over keys 0..t of one head's scores (masked keys are -inf). Returns 0 if no key is visible.
+static int masked_softmax(float *s, int64_t n, int attn) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    if (mx == -INFINITY) {
+        // No visible key: SDPA attends to nothing; eager's all-min row becomes uniform.
+        float u = attn == PERI_ATTN_EAGER ? 1.0f / (float)n : 0.0f;
+        for (int64_t j = 0; j < n; j++) s[j] = u;
+        return attn == PERI_ATTN_EAGER;
+    }
+    float sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
+        sum += s[j];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; j++) s[j] *= inv;
+    return 1;
+}
+
+// One thread's share of (row, head) units: scores against the cache, softmax, weighted sum.
+// Latent cache: keys are c_j (scored by the absorbed query) and the shared k_rope_j; the output is the
+// latent mix Σ p_j c_j per head (expanded by W_vb afterwards). Full cache: plain MHA on K/V rows.
+static void attn_task(void *arg, int ith, int nth) {
+    const struct attn_job *J = arg;
+    peri_context *c = J->c;
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope;
+    const int64_t nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
+    const float scale = 1.0f / sqrtf((float)dk);
+    float *sc = x->scores + (int64_t)ith * H * nctx;
+    float *buf = x->rowbuf + (int64_t)ith * x->rowbuf_n;
+    long lo, hi;
+    peri_split((long)(J->n_rows * H), ith, nth, &lo, &hi);
+    for (long u = lo; u < hi;) {
+        int64_t n = u / H, h0 = u % H, h1 = H;
+        if ((long)(n * H + h1) > hi) h1 = hi - n * H;
+        u = n * H + h1;
+        const int64_t s = x->row_seq[n], t = x->row_slot[n], nk = t + 1;
+        const uint8_t *valid = x->valid + s * nctx;
+        const size_t base = (size_t)((J->layer * nseq + s) * nctx);
+        const float *qn = x->q + n * H * dk;
+        for (int64_t j = 0; j < nk; j++) {
+            if (!valid[j]) {
+                for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = -INFINITY;
+                continue;
+            }
+            if (!x->full) {
+                const float *cj = load_row((const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz,
+                                           buf, x->width_a, x->cache_f16);
+                for (int64_t h = h0; h < h1; h++)
+                    sc[h * nctx + j] = (dotf(x->qlat + (n * H + h) * R, cj, R) +
+                                        dotf(qn + h * dk + nope, cj + R, rope)) * scale;
+            } else {
+                const char *kr = (const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz;
+                const float *kj = load_row(kr + (size_t)(h0 * dk) * x->esz, buf, (h1 - h0) * dk, x->cache_f16);
+                for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = dotf(qn + h * dk, kj + (h - h0) * dk, dk) * scale;
+            }
+        }
+        for (int64_t h = h0; h < h1; h++) {
+            masked_softmax(sc + h * nctx, nk, c->params.attn);
+            if (x->probs) memcpy(x->probs + (n * H + h) * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
+        }
+        // Weighted sum of values (latent rows or V rows), accumulated key by key.
+        int64_t w = x->full ? vd : R;
+        float *out = x->full ? x->att + n * H * vd : x->clat + n * H * R;
+        memset(out + h0 * w, 0, sizeof(float) * (size_t)((h1 - h0) * w));
+        for (int64_t j = 0; j < nk; j++) {
+            if (!valid[j] && c->params.attn != PERI_ATTN_EAGER) continue;
+            const float *vj;
+            if (!x->full) {
+                vj = load_row((const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz, buf, R,
+                              x->cache_f16);
+                for (int64_t h = h0; h < h1; h++) {
+                    float pj = sc[h * nctx + j];
+                    if (pj == 0.0f) continue;
+                    float *o = out + h * R;
+                    for (int64_t r = 0; r < R; r++) o[r] += pj * vj[r];
+                }
+            } else {
+                const char *vr = (const char *)x->cache_b + (base + (size_t)j) * (size_t)x->width_b * x->esz;
+                vj = load_row(vr + (size_t)(h0 * vd) * x->esz, buf, (h1 - h0) * vd, x->cache_f16);
+                for (int64_t h = h0; h < h1; h++) {
+                    float pj = sc[h * nctx + j];
+                    if (pj == 0.0f) continue;
+                    float *o = out + h * vd;
+                    const float *v = vj + (h - h0) * vd;
+                    for (int64_t e = 0; e < vd; e++) o[e] += pj * v[e];
+                }
+            }
+        }
+    }
+}
+
+static void emit(peri_context *c, const char *name, int l, int32_t seq, const float *data, int n_dims,
+                 int64_t d0, int64_t d1, int64_t d2) {
+    char nm[64];
+    if (l >= 0) snprintf(nm, sizeof nm, "%s.%d", name, l);
+    else snprintf(nm, sizeof nm, "%s", name);
+    int64_t shape[3] = {d0, d1, d2};
+    c->params.tensor_cb(nm, seq, data, n_dims, shape, c->params.tensor_cb_data);
+}
+
+// Named intermediates of layer l for every batch row (rows r*T .. r*T+T-1 of the micro-batch).
+static void emit_attn(peri_context *c, int l, int64_t n_seq, int64_t T) {
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, nctx = c->params.n_ctx;
+    for (int64_t r = 0; r < n_seq; r++) {
+        int64_t n0 = r * T;
+        int32_t s = x->row_seq[n0];
+        emit(c, "q", l, s, x->q + n0 * H * dk, 3, T, H, dk);
+        for (int64_t i = 0; i < T; i++) memcpy(x->emit + i * R, x->a + (n0 + i) * (R + p->rope), sizeof(float) * (size_t)R);
+        emit(c, "kv_latent", l, s, x->emit, 2, T, R, 0);
+        for (int64_t i = 0; i < T; i++)
+            memcpy(x->emit + i * p->rope, x->a + (n0 + i) * (R + p->rope) + R, sizeof(float) * (size_t)p->rope);
+        emit(c, "k_rope", l, s, x->emit, 2, T, p->rope, 0);
+        if (x->probs) {
+            int64_t nk = x->row_slot[n0 + T - 1] + 1;   // keys seen by the last query of the micro-batch
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t i = 0; i < T; i++) {
+                    float *dst = x->emit + (h * T + i) * nk;
+                    int64_t ni = x->row_slot[n0 + i] + 1;
+                    memcpy(dst, x->probs + ((n0 + i) * H + h) * nctx, sizeof(float) * (size_t)ni);
+                    memset(dst + ni, 0, sizeof(float) * (size_t)(nk - ni));
+                }
+            emit(c, "attn_probs", l, s, x->emit, 3, H, T, nk);
+        }
+    }
+}
+
+static void rmsnorm_rows(float *y, const float *xs, const float *w, int64_t n_rows, int64_t d, int64_t ldx,
+                         float eps) {
+    for (int64_t i = 0; i < n_rows; i++) peri_rmsnorm_ref(y + i * d, xs + i * ldx, w, d, eps);
+}
+
+// One micro-batch: tokens [i0, i0+T) of every batch row, all layers, then the logits it owes.
+static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, int64_t T) {
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, D = p->n_embd, dk = p->dk, nope = p->nope, rope = p->rope,
+                  vd = p->vdim, nctx = c->params.n_ctx, nseq = c->params.n_seq_max, half = rope / 2;
+    const int64_t N = b->n_seq * T;
+    const bool cb = c->params.tensor_cb != NULL;
+
+    for (int64_t r = 0; r < b->n_seq; r++) {
+        int32_t s = b->seq_ids ? b->seq_ids[r] : (int32_t)r;
+        for (int64_t i = 0; i < T; i++) {
+            int64_t n = r * T + i, bi = r * b->n_tokens + i0 + i;
+            x->row_seq[n] = s;
+            x->row_slot[n] = c->seq_len[s] + (int32_t)(i0 + i);
+            x->row_pos[n] = b->pos ? b->pos[bi] : x->row_slot[n];
+            x->valid[s * nctx + x->row_slot[n]] = b->mask ? b->mask[bi] != 0 : 1;
+            peri_get_row(p->embd, b->tokens[bi], x->x + n * D);
+        }
+    }
+
+    for (int64_t l = 0; l < p->n_layer; l++) {
+        const struct plm_layer *L = &p->layers[l];
+        rmsnorm_rows(x->h, x->x, L->attn_norm, N, D, D, p->eps);
+        peri_matmul(c->pool, x->q, x->h, L->wq, NULL, N);
+        peri_matmul(c->pool, x->a, x->h, L->wkva, NULL, N);
+        for (int64_t n = 0; n < N; n++) {
+            float *an = x->a + n * (R + rope);
+            peri_rmsnorm_ref(an, an, L->kva_norm, R, p->eps);
+            const float *cs = x->cos_tab + x->row_pos[n] * half, *sn = x->sin_tab + x->row_pos[n] * half;
+            peri_rope_apply(an + R, (int)rope, cs, sn, 1);
+            for (int64_t h = 0; h < H; h++) peri_rope_apply(x->q + (n * H + h) * dk + nope, (int)rope, cs, sn, 1);
+        }
+        // Append this micro-batch to the caches before attending: its own keys are part of the context.
+        if (!x->full) {
+            for (int64_t n = 0; n < N; n++) {
+                size_t slot = (size_t)((l * nseq + x->row_seq[n]) * nctx + x->row_slot[n]);
+                store_row((char *)x->cache_a + slot * (size_t)x->width_a * x->esz, x->a + n * (R + rope), R + rope,
+                          x->cache_f16);
+            }
+            // Absorbed query: q_lat,h = W_kb,h^T q_nope,h (R values per head).
+            for (int64_t h = 0; h < H; h++)
+                peri_matmul_ex(c->pool, x->qlat + h * R, H * R, x->q + h * dk, H * dk, &L->wkbt, h * R, R, NULL, N);
+        } else {
+            peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
+            for (int64_t n = 0; n < N; n++) {
+                size_t slot = (size_t)((l * nseq + x->row_seq[n]) * nctx + x->row_slot[n]);
+                char *kd = (char *)x->cache_a + slot * (size_t)x->width_a * x->esz;
+                char *vdst = (char *)x->cache_b + slot * (size_t)x->width_b * x->esz;
+                const float *kvn = x->kv + n * H * (nope + vd);
+                const float *kr = x->a + n * (R + rope) + R;
+                for (int64_t h = 0; h < H; h++) {
+                    store_row(kd + (size_t)(h * dk) * x->esz, kvn + h * (nope + vd), nope, x->cache_f16);
+                    store_row(kd + (size_t)(h * dk + nope) * x->esz, kr, rope, x->cache_f16);
+                    store_row(vdst + (size_t)(h * vd) * x->esz, kvn + h * (nope + vd) + nope, vd, x->cache_f16);
+                }
+            }
+        }
+        struct attn_job job = {c, l, N};
+        peri_pool_run(c->pool, attn_task, &job);
+        if (!x->full)   // o_h = W_vb,h (Σ_j p_j c_j)
+            for (int64_t h = 0; h < H; h++)
+                peri_matmul_ex(c->pool, x->att + h * vd, H * vd, x->clat + h * R, H * R, L->wkvb,
+                               h * (nope + vd) + nope, vd, NULL, N);
+        if (cb) emit_attn(c, (int)l, b->n_seq, T);
+        peri_matmul(c->pool, x->tmp, x->att, L->wo, NULL, N);
+        for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
+        rmsnorm_rows(x->h, x->x, L->ffn_norm, N, D, D, p->eps);
+        peri_matmul(c->pool, x->ff, x->h, L->up, NULL, N);
+        for (int64_t i = 0; i < N * p->n_ff; i++) {
+            float v = x->ff[i] > 0.0f ? x->ff[i] : 0.0f;
+            x->ff[i] = v * v;
+        }
+        peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
+        for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
+        if (cb)
+            for (int64_t r = 0; r < b->n_seq; r++) emit(c, "hidden", (int)l, x->row_seq[r * T], x->x + r * T * D, 2, T, D, 0);
+    }
+
+    // Logits: every row of the micro-batch, or each row's last token when it is in this micro-batch.
+    const bool last = i0 + T == b->n_tokens;
+    if (b->logits_all || cb) {
+        rmsnorm_rows(x->h, x->x, p->out_norm, N, D, D, p->eps);
+        if (cb)
+            for (int64_t r = 0; r < b->n_seq; r++) emit(c, "last_hidden", -1, x->row_seq[r * T], x->h + r * T * D, 2, T, D, 0);
+    }
+    if (b->logits_all) {
+        for (int64_t r = 0; r < b->n_seq; r++)
+            peri_matmul(c->pool, c->logits + (r * b->n_tokens + i0) * p->n_vocab, x->h + r * T * D, p->output, NULL, T);
+    } else if (last) {
+        for (int64_t r = 0; r < b->n_seq; r++)
+            peri_rmsnorm_ref(x->tmp + r * D, x->x + (r * T + T - 1) * D, p->out_norm, D, p->eps);
+        peri_matmul(c->pool, c->logits, x->tmp, p->output, NULL, b->n_seq);
+    }
+    return PERI_OK;
+}
+
+static int plm_decode(peri_context *c, const struct peri_batch *b) {
+    struct plm_ctx *x = c->arch;
+    for (int64_t i0 = 0; i0 < b->n_tokens; i0 += x->ubatch) {
+        int64_t T = b->n_tokens - i0 < x->ubatch ? b->n_tokens - i0 : x->ubatch;
+        int rc = plm_ubatch(c, b, i0, T);
+        if (rc) return rc;
+    }
+    return PERI_OK;
+}
+
+const struct peri_arch_ops peri_arch_plm = {
+    .name = "plm",
+    .match = plm_match,
+    .load = plm_load,
+    .free = NULL,
+    .describe = plm_describe,
+    .ctx_init = plm_ctx_init,
+    .ctx_free = plm_ctx_free,
+    .decode = plm_decode,
+    .seq_clear = NULL,
+    .get_state = NULL,
+    .dag = NULL,
+};
