@@ -3,6 +3,7 @@
 // Math: /work/shared/specs/plm.md section 2; cache layouts and the absorbed derivation: docs/plm.md.
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "runtime/init.h"
 #include "runtime/model.h"
 
 #include <math.h>
@@ -550,6 +551,32 @@ static void attn_task(void *arg, int ith, int nth) {
     }
 }
 
+struct heads_job {
+    peri_context *c;
+    const struct plm_layer *L;
+    int64_t n_rows;
+    int out;                     // 0: absorbed queries, 1: latent mixes expanded by W_vb
+};
+
+// The per-head products of the absorbed form, heads split over the threads: each head is one small
+// matmul over all rows (its own input slice and weight rows), run on this thread alone.
+static void heads_task(void *arg, int ith, int nth) {
+    const struct heads_job *J = arg;
+    struct plm_ctx *x = J->c->arch;
+    const struct plm_model *p = J->c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope;
+    long lo, hi;
+    peri_split((long)H, ith, nth, &lo, &hi);
+    for (int64_t h = lo; h < hi; h++) {
+        if (!J->out)
+            peri_matmul_ex(NULL, x->qlat + h * R, H * R, x->q + h * dk, H * dk, &J->L->wkbt, h * R, R, NULL,
+                           J->n_rows);
+        else
+            peri_matmul_ex(NULL, x->att + h * vd, H * vd, x->clat + h * R, H * R, J->L->wkvb, h * (nope + vd) + nope,
+                           vd, NULL, J->n_rows);
+    }
+}
+
 static void emit(peri_context *c, const char *name, int l, int32_t seq, const float *data, int n_dims,
                  int64_t d0, int64_t d1, int64_t d2) {
     char nm[64];
@@ -632,9 +659,8 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 store_row((char *)x->cache_a + slot * (size_t)x->width_a * x->esz, x->a + n * (R + rope), R + rope,
                           x->cache_f16);
             }
-            // Absorbed query: q_lat,h = W_kb,h^T q_nope,h (R values per head).
-            for (int64_t h = 0; h < H; h++)
-                peri_matmul_ex(c->pool, x->qlat + h * R, H * R, x->q + h * dk, H * dk, &L->wkbt, h * R, R, NULL, N);
+            struct heads_job hj = {c, L, N, 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
+            peri_pool_run(c->pool, heads_task, &hj);
         } else {
             peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
             for (int64_t n = 0; n < N; n++) {
@@ -652,10 +678,10 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
         }
         struct attn_job job = {c, l, N};
         peri_pool_run(c->pool, attn_task, &job);
-        if (!x->full)   // o_h = W_vb,h (Σ_j p_j c_j)
-            for (int64_t h = 0; h < H; h++)
-                peri_matmul_ex(c->pool, x->att + h * vd, H * vd, x->clat + h * R, H * R, L->wkvb,
-                               h * (nope + vd) + nope, vd, NULL, N);
+        if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
+            struct heads_job hj = {c, L, N, 1};
+            peri_pool_run(c->pool, heads_task, &hj);
+        }
         if (cb) emit_attn(c, (int)l, b->n_seq, T);
         peri_matmul(c->pool, x->tmp, x->att, L->wo, NULL, N);
         for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
@@ -699,8 +725,61 @@ static int plm_decode(peri_context *c, const struct peri_batch *b) {
     return PERI_OK;
 }
 
+// ---- peri init ----------------------------------------------------------------------------------------
+
+// Random weights with the fixtures' recipe (fixtures/plm/README.md): embedding N(0,1)*2.5/sqrt(D) (logit
+// std about 2.5), q/kv_a/kv_b N(0,1)*1.5/sqrt(in) (peaked attention), o/up/down N(0,1)/sqrt(in), norms 1+0.1N.
+static int plm_init_random(const json_value *cfg, uint64_t seed, const char *out_dir) {
+    int64_t V, D, L, H, F, R, nope, rope, vd;
+    if (!json_get_int(cfg, "vocab_size", 151936, &V) || !json_get_int(cfg, "hidden_size", 2048, &D) ||
+        !json_get_int(cfg, "num_hidden_layers", 32, &L) || !json_get_int(cfg, "num_attention_heads", 16, &H) ||
+        !json_get_int(cfg, "intermediate_size", 8192, &F) || !json_get_int(cfg, "kv_lora_rank", 512, &R) ||
+        !json_get_int(cfg, "qk_nope_head_dim", 128, &nope) || !json_get_int(cfg, "qk_rope_head_dim", 64, &rope) ||
+        !json_get_int(cfg, "v_head_dim", 128, &vd))
+        return PERI_E_FORMAT;
+    const json_value *ql = json_get(cfg, "q_lora_rank");
+    if (ql && ql->type != JSON_NULL)
+        return peri_fail(PERI_E_UNSUPPORTED, "config: PLM has no query LoRA; set q_lora_rank to null");
+    int64_t lim = (int64_t)1 << 20;
+    if (V <= 0 || D <= 0 || L <= 0 || H <= 0 || F <= 0 || R <= 0 || nope <= 0 || rope <= 0 || rope % 2 || vd <= 0 ||
+        V > lim || D > lim || L > 4096 || H > 4096 || F > lim || R > lim || nope > lim || rope > lim || vd > lim ||
+        (double)L * (double)D * (double)(H * (nope + rope + vd) + R + rope + 2 * F) + (double)V * (double)D > 4e9)
+        return peri_fail(PERI_E_FORMAT, "config: sizes must be positive, qk_rope_head_dim even, and the model small "
+                         "enough to initialise in float32 (at most 4e9 parameters)");
+    peri_init_list I;
+    peri_init_list_begin(&I, seed);
+    char n[256];
+    int64_t se[2] = {V, D}, sd[1] = {D};
+    peri_init_add(&I, "model.embed_tokens.weight", 2, se, PERI_INIT_NORMAL, 2.5f / sqrtf((float)D), 0);
+    for (int64_t l = 0; l < L; l++) {
+        struct { const char *name; int64_t out, in; float gain; } lin[] = {
+            {"self_attn.q_proj", H * (nope + rope), D, 1.5f},
+            {"self_attn.kv_a_proj_with_mqa", R + rope, D, 1.5f},
+            {"self_attn.kv_b_proj", H * (nope + vd), R, 1.5f},
+            {"self_attn.o_proj", D, H * vd, 1.0f},
+            {"mlp.up_proj", F, D, 1.0f},
+            {"mlp.down_proj", D, F, 1.0f},
+        };
+        for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
+            int64_t s[2] = {lin[i].out, lin[i].in};
+            snprintf(n, sizeof n, "model.layers.%lld.%s.weight", (long long)l, lin[i].name);
+            peri_init_add(&I, n, 2, s, PERI_INIT_NORMAL, lin[i].gain / sqrtf((float)lin[i].in), 0);
+        }
+        int64_t sr[1] = {R};
+        snprintf(n, sizeof n, "model.layers.%lld.input_layernorm.weight", (long long)l);
+        peri_init_add(&I, n, 1, sd, PERI_INIT_NORMAL, 0.1f, 1.0f);
+        snprintf(n, sizeof n, "model.layers.%lld.self_attn.kv_a_layernorm.weight", (long long)l);
+        peri_init_add(&I, n, 1, sr, PERI_INIT_NORMAL, 0.1f, 1.0f);
+        snprintf(n, sizeof n, "model.layers.%lld.post_attention_layernorm.weight", (long long)l);
+        peri_init_add(&I, n, 1, sd, PERI_INIT_NORMAL, 0.1f, 1.0f);
+    }
+    peri_init_add(&I, "model.norm.weight", 1, sd, PERI_INIT_NORMAL, 0.1f, 1.0f);
+    return peri_init_list_write(&I, out_dir);
+}
+
 const struct peri_arch_ops peri_arch_plm = {
     .name = "plm",
+    .model_type = "plm",
     .match = plm_match,
     .load = plm_load,
     .free = NULL,
@@ -711,4 +790,5 @@ const struct peri_arch_ops peri_arch_plm = {
     .seq_clear = NULL,
     .get_state = NULL,
     .dag = NULL,
+    .init_random = plm_init_random,
 };
