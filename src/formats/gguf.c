@@ -263,10 +263,15 @@ int peri_gguf_parse(peri_gguf *g, const unsigned char *data, size_t size, const 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     const gguf_value *al = peri_gguf_get(g, "general.alignment");
     if (al) {
-        uint64_t a;
-        if (!peri_gguf_get_u64(g, "general.alignment", &a) || !is_pow2(a) || a > (1u << 30)) {
-            rc = peri_fail(PERI_E_FORMAT, "%s: general.alignment must be a power of two (got a %s value)", w,
-                           vtype_name(al->type));
+        uint64_t a = 0;
+        bool is_int = peri_gguf_get_u64(g, "general.alignment", &a);
+        if (!is_int || !is_pow2(a) || a > (1u << 30)) {
+            if (is_int)
+                rc = peri_fail(PERI_E_FORMAT, "%s: general.alignment is %llu; it must be a power of two (usually 32)", w,
+                               (unsigned long long)a);
+            else
+                rc = peri_fail(PERI_E_FORMAT, "%s: general.alignment must be an integer power of two, not a %s", w,
+                               vtype_name(al->type));
             goto fail;
         }
         g->alignment = a;
