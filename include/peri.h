@@ -147,6 +147,11 @@ PERI_API int peri_get_state_shape(const peri_context *ctx, const char *name, int
 // PLDR-LLM DAG metric (spec section 5) of a sequence's G-cache: out[0] = L(A_LM), out[1] = L(A_P),
 // out[2] = L(G_LM), each the mean over layers and heads of |log(tr(expm(M o M)) / d)|.
 PERI_API int peri_pldr_dag(const peri_context *ctx, int32_t seq, double out[3]);
+// PLDR-LLM with custom_G_type "external" (or "random"): replaces the fixed G (energy-curvature tensor) with
+// one read from a safetensors file, as HF's past_G_values[:, 2]. Accepted layouts: "G_LM.{l}" [H, d, d] per
+// layer (what `peri logits --deductive` writes), "G_LM" [L, H, d, d], or "decoder.past_G_values"
+// [L, 3, 1, H, d, d]. Contexts created afterwards use it.
+PERI_API int peri_pldr_load_external_G(peri_model *model, const char *path);
 
 // ---------------------------------------------------------------------------------------------------------
 // Sampling (Hugging Face semantics: temperature, then top-k, then top-p; top_k 0 and top_p 1 disable)

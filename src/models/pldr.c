@@ -8,6 +8,7 @@
 //   logits = final_layer(x)
 // G depends on the whole prompt, so it is computed once at prefill and cached (the G-cache) per sequence.
 #include "core/error.h"
+#include "formats/safetensors.h"
 #include "kernels/ops.h"
 #include "runtime/model.h"
 
@@ -811,3 +812,49 @@ const struct peri_arch_ops peri_arch_pldr = {
     .dag = pldr_dag,
     .init_random = peri_pldr_init_random,
 };
+
+// ---- external G -------------------------------------------------------------------------------------------
+
+int peri_pldr_load_external_G(peri_model *m, const char *path) {
+    if (!m || m->ops != &peri_arch_pldr) return peri_fail(PERI_E_ARG, "an external G applies to PLDR-LLM models only");
+    pldr_model *p = m->arch;
+    if (p->custom_g == G_LEARNED)
+        return peri_fail(PERI_E_ARG, "this model learns its G (custom_G_type null); an external G needs a model "
+                         "with custom_G_type \"external\" in config.json");
+    peri_safetensors st;
+    int rc = peri_safetensors_open(&st, path, true);
+    if (rc) return rc;
+    const size_t hdd = (size_t)p->H * p->d * p->d;
+    float *G = malloc(sizeof(float) * hdd * (size_t)p->L);
+    if (!G) { peri_safetensors_close(&st); return peri_fail(PERI_E_NOMEM, "out of memory"); }
+    const peri_tensor *t;
+    const struct peri_type_traits *tr;
+    if ((t = peri_safetensors_find(&st, "decoder.past_G_values"))) {
+        int64_t want[6] = {p->L, 3, 1, p->H, p->d, p->d};
+        int ok = t->n_dims == 6 && (tr = peri_type_traits(t->type)) && tr->to_float;
+        for (int i = 0; ok && i < 6; i++) ok = t->shape[i] == want[i];
+        if (!ok) rc = peri_fail(PERI_E_FORMAT, "'%s': decoder.past_G_values must be [%d, 3, 1, %d, %d, %d] floats", path, p->L, p->H, p->d, p->d);
+        for (int l = 0; ok && l < p->L; l++)
+            tr->to_float((const char *)t->data + ((size_t)l * 3 + 2) * hdd * peri_row_size(t->type, 1), G + l * hdd, (int64_t)hdd);
+    } else if ((t = peri_safetensors_find(&st, "G_LM"))) {
+        int ok = t->n_dims == 4 && t->shape[0] == p->L && t->shape[1] == p->H && t->shape[2] == p->d && t->shape[3] == p->d &&
+                 (tr = peri_type_traits(t->type)) && tr->to_float;
+        if (!ok) rc = peri_fail(PERI_E_FORMAT, "'%s': G_LM must be [%d, %d, %d, %d] floats", path, p->L, p->H, p->d, p->d);
+        else tr->to_float(t->data, G, (int64_t)hdd * p->L);
+    } else {
+        for (int l = 0; l < p->L && !rc; l++) {
+            char n[32];
+            snprintf(n, sizeof n, "G_LM.%d", l);
+            t = peri_safetensors_find(&st, n);
+            int ok = t && t->n_dims == 3 && t->shape[0] == p->H && t->shape[1] == p->d && t->shape[2] == p->d &&
+                     (tr = peri_type_traits(t->type)) && tr->to_float;
+            if (!ok) rc = peri_fail(PERI_E_FORMAT, "'%s' has no usable G: give decoder.past_G_values [L,3,1,H,d,d], G_LM "
+                                    "[L,H,d,d] or G_LM.{l} [H,d,d] for l = 0..%d (H = %d, d = %d)", path, p->L - 1, p->H, p->d);
+            else tr->to_float(t->data, G + l * hdd, (int64_t)hdd);
+        }
+    }
+    if (!rc) memcpy(p->fixed_G, G, sizeof(float) * hdd * (size_t)p->L);
+    free(G);
+    peri_safetensors_close(&st);
+    return rc;
+}

@@ -23,6 +23,7 @@ static void usage(void) {
             "                  and pw, a, ba) to the safetensors file F\n"
             "  --dag           PLDR-LLM: print the DAG metric of the prefill's G-cache\n"
             "  --attn MODE     sdpa (default) or eager: how a query that sees no key is treated\n"
+            "  --external-G F  PLDR-LLM with custom_G_type external: G from the safetensors file F\n"
             "  --kv-full       PLM: cache expanded keys and values instead of the latent\n"
             "  -t N            threads (default: physical cores)\n");
 }
@@ -59,7 +60,7 @@ static int write_deductive(peri_context *ctx, const peri_model *model, const cha
 }
 
 int peri_cmd_logits(int argc, char **argv) {
-    const char *cmd = "logits", *model_path = NULL, *ids_s = NULL, *dec_s = NULL, *out_path = NULL, *ded_path = NULL;
+    const char *cmd = "logits", *model_path = NULL, *ids_s = NULL, *dec_s = NULL, *out_path = NULL, *ded_path = NULL, *ext_g = NULL;
     bool no_cache = false, dag = false, kv_full = false;
     long threads = 0;
     int attn = PERI_ATTN_SDPA;
@@ -72,6 +73,7 @@ int peri_cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--out") || !strcmp(a, "-o")) { if (!(out_path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--deductive")) { if (!(ded_path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--no-cache")) no_cache = true;
+        else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--dag")) dag = true;
         else if (!strcmp(a, "--kv-full")) kv_full = true;
         else if (!strcmp(a, "--attn")) {
@@ -105,6 +107,7 @@ int peri_cmd_logits(int argc, char **argv) {
     peri_token *all = NULL;
     struct peri_model_params mp = peri_model_default_params();
     if (peri_model_load(model_path, mp, &model) != PERI_OK) { cli_lib_error(cmd, "cannot load the model"); goto done; }
+    if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
     const int V = peri_model_n_vocab(model), total = n_ids + n_dec;
     if (total > peri_model_n_ctx_train(model)) {
         cli_error(cmd, "%d tokens in all, more than the model's context of %d", total, peri_model_n_ctx_train(model));

@@ -23,6 +23,7 @@ static void usage(void) {
             "  --seed S        random seed (default 0)\n"
             "  --print-ids     print the generated ids on one line instead of text\n"
             "  --ignore-eos    do not stop at the end-of-text token\n"
+            "  --external-G F  PLDR-LLM with custom_G_type external: G from the safetensors file F\n"
             "  --ctx N         context length (default: prompt + N, at most the model's)\n"
             "  -t N            threads (default: physical cores)\n");
 }
@@ -44,7 +45,7 @@ static size_t utf8_complete(const char *s, size_t n) {
 }
 
 int peri_cmd_run(int argc, char **argv) {
-    const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL;
+    const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL, *ext_g = NULL;
     long n_gen = 64, top_k = 40, threads = 0, n_ctx = 0;
     double temp = 0.8, top_p = 0.95, min_p = 0.0, rep = 1.0;
     unsigned long long seed = 0;
@@ -67,6 +68,7 @@ int peri_cmd_run(int argc, char **argv) {
             seed = (unsigned long long)s;
         }
         else if (!strcmp(a, "--print-ids")) print_ids = true;
+        else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
         else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1 << 20, &n_ctx)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
@@ -90,6 +92,7 @@ int peri_cmd_run(int argc, char **argv) {
         cli_lib_error(cmd, "cannot load the model");
         goto done;
     }
+    if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
     const peri_tokenizer *tok = peri_model_tokenizer(model);
     if (prompt) {
         if (!tok) { cli_error(cmd, "'%s' has no tokenizer (tokenizer.model / tokenizer.json); use --ids", model_path); goto done; }
