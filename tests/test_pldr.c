@@ -285,6 +285,82 @@ static void check_errors(const char *shared) {
     peri_model_free(m);
 }
 
+// The DAG metric against the grads fixture (original-convention forward of ids[:, :-1], float64 reference).
+// Tolerance: the fixture README's 1e-5 relative (our float32 G-cache lands within 2e-7).
+static void check_dag(const char *shared) {
+    char dir[4096], path[4096];
+    snprintf(dir, sizeof dir, "%s/fixtures/grads/pldr-tiny", shared);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    peri_safetensors exp;
+    if (peri_safetensors_open(&exp, path, true) != PERI_OK) { CHECKF(0, "%s", peri_last_error()); return; }
+    peri_model *m;
+    if (peri_model_load(dir, peri_model_default_params(), &m) != PERI_OK) { CHECKF(0, "%s", peri_last_error()); peri_safetensors_close(&exp); return; }
+    const peri_tensor *ids = peri_safetensors_find(&exp, "input_ids");
+    const char *names[3] = {"dag_L_A", "dag_L_Ap", "dag_L_G"};
+    peri_context *c = new_ctx(m, 2, 16, 16, PERI_ATTN_SDPA, NULL);
+    if (ids && c) {
+        const int T = (int)ids->shape[1];
+        double sum[3] = {0, 0, 0};
+        for (int r = 0; r < 2; r++) {
+            int32_t seq = r;
+            struct peri_batch b = {.n_seq = 1, .n_tokens = T - 1, .seq_ids = &seq, .tokens = (const int32_t *)ids->data + r * T};
+            CHECK(peri_decode(c, &b) == PERI_OK);
+            double v[3];
+            CHECKF(peri_pldr_dag(c, r, v) == PERI_OK, "%s", peri_last_error());
+            for (int k = 0; k < 3; k++) sum[k] += v[k] / 2;
+        }
+        for (int k = 0; k < 3; k++) {
+            const peri_tensor *t = peri_safetensors_find(&exp, names[k]);
+            if (!t) { CHECKF(0, "%s missing", names[k]); continue; }
+            double want = ((const float *)t->data)[0], rel = fabs(sum[k] - want) / fabs(want);
+            CHECKF(rel <= 1e-5, "%s: got %.9g want %.9g (rel %.3g)", names[k], sum[k], want, rel);
+        }
+    }
+    peri_context_free(c);
+    peri_model_free(m);
+    peri_safetensors_close(&exp);
+}
+
+// cache_first_G: prefill rows use their own G (logits as without the option); afterwards every sequence of
+// the batch caches row 0's G.
+static void check_cache_first_G(const char *shared) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/fixtures/pldr/pldr-tiny-neox", shared);
+    peri_model *m;
+    if (peri_model_load(dir, peri_model_default_params(), &m) != PERI_OK) { CHECKF(0, "%s", peri_last_error()); return; }
+    int32_t ids[2][6] = {{14, 219, 117, 107, 247, 245}, {308, 60, 506, 275, 233, 294}};
+    float *ref = NULL;
+    for (int first = 0; first < 2; first++) {
+        struct peri_context_params cp = peri_context_default_params();
+        cp.n_seq_max = 2;
+        cp.n_ctx = 16;
+        cp.n_batch = 6;
+        cp.logits_all = true;
+        cp.cache_first_G = first;
+        peri_context *c;
+        CHECK(peri_context_init(m, cp, &c) == PERI_OK);
+        struct peri_batch b = {.n_seq = 2, .n_tokens = 6, .tokens = &ids[0][0], .logits_all = true};
+        CHECK(peri_decode(c, &b) == PERI_OK);
+        const size_t n = (size_t)12 * peri_model_n_vocab(m);
+        if (!first) {
+            ref = malloc(n * sizeof(float));
+            memcpy(ref, peri_get_logits(c), n * sizeof(float));
+        } else {
+            CHECKF(test_max_abs_diff(ref, peri_get_logits(c), n) == 0, "cache_first_G changed the prefill logits");
+            float g0[4 * 16 * 16], g1[4 * 16 * 16];
+            for (int l = 0; l < 2; l++) {
+                char nm[16];
+                snprintf(nm, sizeof nm, "G_LM.%d", l);
+                CHECK(peri_get_state(c, nm, 0, g0, 1024) == 1024 && peri_get_state(c, nm, 1, g1, 1024) == 1024);
+                CHECKF(test_max_abs_diff(g0, g1, 1024) == 0, "sequence 1 does not cache sequence 0's G in layer %d", l);
+            }
+        }
+        peri_context_free(c);
+    }
+    free(ref);
+    peri_model_free(m);
+}
+
 int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) {
@@ -297,5 +373,7 @@ int main(void) {
     run_fixture(shared, "pldr-tiny-identity", 0, 1);
     run_fixture(shared, "pldr-small-vocab32k", 1, 0);
     check_errors(shared);
+    check_dag(shared);
+    check_cache_first_G(shared);
     return TEST_END();
 }
