@@ -373,6 +373,11 @@ static int plm_ctx_init(peri_context *c) {
         x->width_b = H * p->vdim;
     }
     int64_t slots = p->n_layer * nseq * nctx;
+    double cache_bytes = (double)slots * (double)(x->width_a + x->width_b) * (double)x->esz;
+    if (cache_bytes > 1e15)   // also keeps every size product below far from int64 overflow
+        return peri_fail(PERI_E_NOMEM, "the plm %s cache for %lld sequences x %lld tokens would take %.3g bytes; "
+                         "lower --ctx or the number of sequences", x->full ? "full K/V" : "latent", (long long)nseq,
+                         (long long)nctx, cache_bytes);
     x->cache_a = alloc_n(slots * x->width_a, x->esz);
     x->cache_b = x->full ? alloc_n(slots * x->width_b, x->esz) : NULL;
     x->valid = calloc((size_t)(nseq * nctx), 1);
