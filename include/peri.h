@@ -76,6 +76,9 @@ PERI_API peri_token peri_model_pad(const peri_model *model);       // -1 if none
 // Writes a human-readable description (architecture, config, tensors, files, metadata) into buf.
 // Returns the length written, or minus the size needed (including the terminating NUL).
 PERI_API int64_t peri_model_describe(const peri_model *model, char *buf, size_t size);
+// Bytes of weights one decode step reads (embedding rows excluded): decode speed is bounded by
+// memory bandwidth / this.
+PERI_API int64_t peri_model_decode_bytes(const peri_model *model);
 // The tokenizer loaded with the model, or NULL if the model folder/file carries none. Owned by the model.
 PERI_API const peri_tokenizer *peri_model_tokenizer(const peri_model *model);
 

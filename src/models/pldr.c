@@ -793,6 +793,18 @@ static int pldr_dag(const peri_context *c, int32_t seq, double out[3]) {
     return PERI_OK;
 }
 
+// Decode reads every projection and FFN matrix once, plus the LM head; the learner does not run.
+static int64_t pldr_decode_bytes(const peri_model *m) {
+    const pldr_model *p = m->arch;
+    int64_t n = (int64_t)p->head->nbytes + (int64_t)p->V * 4;
+    for (int l = 0; l < p->L; l++) {
+        const pldr_layer *ly = &p->layers[l];
+        n += (int64_t)(ly->wq->nbytes + ly->wk->nbytes + ly->wv->nbytes + ly->dense->nbytes + ly->ffn.w1->nbytes +
+                       ly->ffn.w2->nbytes + ly->ffn.w3->nbytes);
+    }
+    return n;
+}
+
 // ---- random init (`peri init`) --------------------------------------------------------------------------
 
 int peri_pldr_init_random(const json_value *cfg, uint64_t seed, const char *out_dir);
@@ -811,6 +823,7 @@ const struct peri_arch_ops peri_arch_pldr = {
     .get_state = pldr_get_state,
     .dag = pldr_dag,
     .init_random = peri_pldr_init_random,
+    .decode_bytes = pldr_decode_bytes,
 };
 
 // ---- external G -------------------------------------------------------------------------------------------

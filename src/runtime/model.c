@@ -166,6 +166,13 @@ peri_token peri_model_bos(const peri_model *m) { return m->bos; }
 peri_token peri_model_pad(const peri_model *m) { return m->pad; }
 const peri_tokenizer *peri_model_tokenizer(const peri_model *m) { return m->tok; }
 
+int64_t peri_model_decode_bytes(const peri_model *m) {
+    if (m->ops->decode_bytes) return m->ops->decode_bytes(m);
+    int64_t n = 0;
+    for (int i = 0; i < m->w.n_tensors; i++) n += (int64_t)m->w.tensors[i]->nbytes;
+    return n;
+}
+
 static void describe_gguf_value(peri_strbuf *sb, const gguf_value *v) {
     switch (v->type) {
     case GGUF_UINT8: case GGUF_UINT16: case GGUF_UINT32: case GGUF_UINT64:

@@ -40,6 +40,8 @@ struct peri_arch_ops {
     // `peri init`: writes out_dir/model.safetensors with random weights for this config (the caller writes
     // config.json). The recipe is documented per architecture.
     int (*init_random)(const json_value *config, uint64_t seed, const char *out_dir);
+    // Bytes of weights one decode step reads (for the bandwidth bound in benchmarks); NULL: all tensors.
+    int64_t (*decode_bytes)(const peri_model *m);
 };
 
 struct peri_model {

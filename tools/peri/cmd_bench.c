@@ -5,6 +5,9 @@
 // decoded token.
 #include "cli.h"
 
+#include "kernels/ops.h"
+#include "runtime/pool.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,10 +82,17 @@ int peri_cmd_bench(int argc, char **argv) {
         if (tg < best_tg) best_tg = tg;
     }
     if (!rc) {
-        printf("model: %s (%s), threads %d, kernels %s\n", path, peri_model_arch(m), threads ? (int)threads : 0, peri_system_info());
+        peri_pool *pool = peri_pool_new((int)threads);
+        double bw = pool ? peri_measure_read_bandwidth(pool, (size_t)1 << 28) : 0;
+        peri_pool_free(pool);
+        double bytes = (double)peri_model_decode_bytes(m);
+        printf("model: %s (%s), threads %d, kernels %s\n", path, peri_model_arch(m), threads ? (int)threads : peri_physical_cores(),
+               peri_system_info());
+        printf("read bandwidth: %.1f GB/s; weights read per decoded token: %.1f MB; decode bound %.1f tokens/s\n", bw,
+               bytes / 1e6, bw * 1e9 / bytes);
         printf("prefill pp%ld: %.1f tokens/s (%.3f s)\n", n_p, n_p / best_pp, best_pp);
-        printf("decode tg%ld at depth %ld: %.2f tokens/s (%.2f ms/token)\n", n_g, dec_prompt, n_g / best_tg,
-               1e3 * best_tg / n_g);
+        printf("decode tg%ld at depth %ld: %.2f tokens/s (%.2f ms/token), %.0f%% of the bound\n", n_g, dec_prompt,
+               n_g / best_tg, 1e3 * best_tg / n_g, 100.0 * (n_g / best_tg) / (bw * 1e9 / bytes));
     }
     free(ids);
     peri_context_free(c);
