@@ -152,6 +152,21 @@ int main(void) {
             check_logits_cmd(dir, &exp);
             peri_safetensors_close(&exp);
         }
+        // text in, text out with the real SentencePiece tokenizer: the reference's greedy continuation
+        {
+            char dir32[4096], outp[512];
+            snprintf(dir32, sizeof dir32, "%s/fixtures/pldr/pldr-small-vocab32k", shared);
+            snprintf(outp, sizeof outp, "%s/text.txt", tmpdir);
+            snprintf(cmd, sizeof cmd, "%s run -m %s -p \"Tell me about the french revolution.\" -n 20 --temp 0 > %s 2>/dev/null",
+                     bin, dir32, outp);
+            CHECKF(sh(cmd) == 0, "%s", cmd);
+            size_t n;
+            char *txt = slurp(outp, &n);
+            const char *want = "Tell me about the french revolution. Palinpolymer footprint implementing unity Sustainware "
+                               "bleedingComputer vet consisting deem contaminationact RaceArm Volt inflammationaneous deceptive\n";
+            CHECKF(txt && !strcmp(txt, want), "peri run -p text: got '%s'", txt ? txt : "(none)");
+            free(txt);
+        }
         // --deductive writes the G-cache; --dag prints the metric
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/fixtures/pldr/pldr-tiny-gptj", shared);
