@@ -330,10 +330,67 @@ static void bad_config(void) {
     rmdir(dir);
 }
 
+// A prompt longer than the internal micro-batch (256 tokens per row) must give the same logits as the
+// same prompt in two calls that each fit in one micro-batch (random model from peri_model_init_random).
+static void check_long_prompt(void) {
+    char dir[] = "/tmp/peri_plm_long_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    const char *cfg = "{\"model_type\": \"plm\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
+                      "\"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2, "
+                      "\"kv_lora_rank\": 16, \"q_lora_rank\": null, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, "
+                      "\"v_head_dim\": 8, \"max_position_embeddings\": 320, \"rope_theta\": 100000.0, "
+                      "\"rms_norm_eps\": 1e-6, \"hidden_act\": \"relu2\", \"tie_word_embeddings\": true}";
+    int rc = peri_model_init_random(cfg, 7, dir);
+    CHECKF(rc == 0, "init: %s", peri_last_error());
+    peri_model *m = NULL;
+    if (!rc) {
+        rc = peri_model_load(dir, peri_model_default_params(), &m);
+        CHECKF(rc == 0, "load random: %s", peri_last_error());
+    }
+    if (!rc) {
+        enum { L = 300, H1 = 150 };
+        const int V = peri_model_n_vocab(m);
+        int32_t ids[L];
+        for (int i = 0; i < L; i++) ids[i] = (i * 37 + 11) % V;
+        float *one = malloc(sizeof(float) * (size_t)L * V);
+        for (int full = 0; full <= 1; full++) {
+            struct peri_context_params cp = peri_context_default_params();
+            cp.n_threads = g_threads;
+            cp.kv_full = full;
+            cp.logits_all = true;
+            peri_context *c = NULL;
+            if (peri_context_init(m, cp, &c)) { CHECKF(0, "ctx: %s", peri_last_error()); continue; }
+            if (decode1(c, ids, L, true) == 0) {
+                memcpy(one, peri_get_logits(c), sizeof(float) * (size_t)L * V);
+                peri_seq_clear(c, 0);
+                double d = INFINITY;
+                if (decode1(c, ids, H1, true) == 0) {
+                    d = test_max_abs_diff(one, peri_get_logits(c), (size_t)H1 * V);
+                    if (decode1(c, ids + H1, L - H1, true) == 0) {
+                        double d2 = test_max_abs_diff(one + (size_t)H1 * V, peri_get_logits(c), (size_t)(L - H1) * V);
+                        d = d2 > d ? d2 : d;
+                    } else d = INFINITY;
+                }
+                CHECKF(d <= 1e-5, "long prompt (%s cache): one call vs two differ by %g", full ? "full" : "latent", d);
+            }
+            peri_context_free(c);
+        }
+        free(one);
+        peri_model_free(m);
+    }
+    char p[512];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
 int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) return TEST_SKIP;
     g_verbose = getenv("PERI_TEST_VERBOSE") != NULL;
+    check_long_prompt();
     const char *qt = getenv("PERI_TEST_QUANTS");   // "0": skip the quantized GGUFs
     bool quants = !qt || strcmp(qt, "0") != 0;
 
