@@ -162,8 +162,15 @@ int main(void) {
             CHECKF(sh(cmd) == 0, "%s", cmd);
             size_t n;
             char *txt = slurp(outp, &n);
-            const char *want = "Tell me about the french revolution. Palinpolymer footprint implementing unity Sustainware "
-                               "bleedingComputer vet consisting deem contaminationact RaceArm Volt inflammationaneous deceptive\n";
+            // the fixture's greedy_text.txt is sentencepiece's decode of the 20 new ids; decoding prompt + ids
+            // joins them with the space of the first piece's meta symbol
+            char gpath[4096], want[4096];
+            snprintf(gpath, sizeof gpath, "%s/greedy_text.txt", dir32);
+            size_t gn;
+            char *gt = slurp(gpath, &gn);
+            while (gt && gn && (gt[gn - 1] == '\n' || gt[gn - 1] == '\r')) gt[--gn] = 0;
+            snprintf(want, sizeof want, "Tell me about the french revolution. %s\n", gt ? gt : "?");
+            free(gt);
             CHECKF(txt && !strcmp(txt, want), "peri run -p text: got '%s'", txt ? txt : "(none)");
             free(txt);
         }
