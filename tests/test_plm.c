@@ -390,6 +390,7 @@ int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) return TEST_SKIP;
     g_verbose = getenv("PERI_TEST_VERBOSE") != NULL;
+    if (getenv("PERI_TEST_THREADS")) g_threads = atoi(getenv("PERI_TEST_THREADS"));
     check_long_prompt();
     const char *qt = getenv("PERI_TEST_QUANTS");   // "0": skip the quantized GGUFs
     bool quants = !qt || strcmp(qt, "0") != 0;

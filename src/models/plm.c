@@ -321,9 +321,9 @@ static void plm_describe(const peri_model *m, peri_strbuf *sb) {
                    (long long)p->n_head, (long long)p->dk, (long long)p->nope, (long long)p->rope,
                    (long long)p->vdim, (long long)p->rank, (long long)p->n_ff, p->theta, (double)p->eps,
                    p->output == p->embd ? "tied" : "separate");
-    peri_sb_printf(sb, "plm cache per token (f16): latent %lld B, full K/V %lld B\n",
-                   (long long)((p->rank + p->rope) * 2 * p->n_layer),
-                   (long long)(p->n_head * (p->dk + p->vdim) * 2 * p->n_layer));
+    peri_sb_printf(sb, "plm cache per token (float32): latent %lld B (default), full K/V %lld B (kv_full)\n",
+                   (long long)((p->rank + p->rope) * 4 * p->n_layer),
+                   (long long)(p->n_head * (p->dk + p->vdim) * 4 * p->n_layer));
 }
 
 // ---- context ------------------------------------------------------------------------------------------
