@@ -204,6 +204,50 @@ static int trie_init(peri_u64map *m, int32_t **val, size_t *nodes, size_t *cap, 
     return PERI_OK;
 }
 
+// Children lists in one array per field (CSR), so that encoding walks cache-friendly arrays, not the hash map.
+static int flatten_trie(peri_tokenizer *t) {
+    size_t nn = t->trie_nodes;
+    t->trie_off = calloc(nn + 1, sizeof *t->trie_off);
+    t->trie_child = malloc((t->trie.n + 1) * sizeof *t->trie_child);
+    t->trie_lab = malloc(t->trie.n + 1);
+    if (!t->trie_off || !t->trie_child || !t->trie_lab)
+        return peri_fail(PERI_E_NOMEM, "tokenizer: out of memory for the piece trie");
+    for (int b = 0; b < 256; b++) t->trie_root[b] = -1;
+    for (size_t i = 0; i < t->trie.cap; i++)
+        if (t->trie.keys[i] != UINT64_MAX) t->trie_off[(t->trie.keys[i] >> 8) + 1]++;
+    for (size_t n = 0; n < nn; n++) t->trie_off[n + 1] += t->trie_off[n];
+    uint32_t *fill = malloc((nn + 1) * sizeof *fill);
+    if (!fill) return peri_fail(PERI_E_NOMEM, "tokenizer: out of memory for the piece trie");
+    memcpy(fill, t->trie_off, (nn + 1) * sizeof *fill);
+    for (size_t i = 0; i < t->trie.cap; i++) {
+        uint64_t k = t->trie.keys[i];
+        if (k == UINT64_MAX) continue;
+        size_t parent = (size_t)(k >> 8);
+        uint32_t at = fill[parent]++;
+        // insertion into the parent's sorted run
+        while (at > t->trie_off[parent] && t->trie_lab[at - 1] > (uint8_t)k) {
+            t->trie_lab[at] = t->trie_lab[at - 1];
+            t->trie_child[at] = t->trie_child[at - 1];
+            at--;
+        }
+        t->trie_lab[at] = (uint8_t)k;
+        t->trie_child[at] = (uint32_t)t->trie.vals[i];
+        if (parent == 0) t->trie_root[(uint8_t)k] = (int32_t)t->trie.vals[i];
+    }
+    free(fill);
+    return PERI_OK;
+}
+
+static inline int64_t trie_next(const peri_tokenizer *t, uint64_t node, unsigned char c) {
+    if (node == 0) return t->trie_root[c];
+    const uint8_t *lab = t->trie_lab;
+    for (uint32_t i = t->trie_off[node], e = t->trie_off[node + 1]; i < e; i++) {
+        if (lab[i] == c) return t->trie_child[i];
+        if (lab[i] > c) break;
+    }
+    return -1;
+}
+
 int peri_spm_finish(peri_tokenizer *t) {
     int rc = peri_tok_build_index(t, true);
     if (rc) return rc;
@@ -241,12 +285,14 @@ int peri_spm_finish(peri_tokenizer *t) {
             if ((rc = trie_insert(&t->trie, &t->trie_val, &t->trie_nodes, &t->trie_cap, s, p->len, i))) return rc;
         if (p->type == PERI_TOK_USER_DEFINED) {
             t->has_user_defined = true;
+            t->ud_first[(unsigned char)s[0]] = true;
             if ((rc = trie_insert(&t->ud_trie, &t->ud_val, &t->ud_nodes, &t->ud_cap, s, p->len, i))) return rc;
         }
     }
     if (t->unk_id < 0)
         return peri_fail(PERI_E_FORMAT, "tokenizer: the sentencepiece model has no UNKNOWN piece; sentencepiece "
                          "requires one (unk_id)");
+    if ((rc = flatten_trie(t))) return rc;
     if (t->min_score == FLT_MAX) t->min_score = 0;
     return PERI_OK;
 }
@@ -269,7 +315,7 @@ static size_t ud_match(const peri_tokenizer *t, const char *s, size_t n) {
 // Normalizer::NormalizePrefix: the replacement for the longest rule at s, and how many bytes it consumes.
 static const char *normalize_prefix(const peri_tokenizer *t, const char *s, size_t n, size_t *out_len,
                                     size_t *consumed) {
-    if (t->has_user_defined) {
+    if (t->has_user_defined && t->ud_first[(unsigned char)s[0]]) {
         size_t l = ud_match(t, s, n);
         if (l) { *out_len = l; *consumed = l; return s; }
     }
@@ -394,9 +440,9 @@ static int encode_unigram(const peri_tokenizer *t, const char *s, size_t n, peri
         if (mblen > n - pos) mblen = n - pos;
         uint64_t node = 0;
         for (size_t k = pos; k < n; k++) {
-            uint64_t child;
-            if (!peri_u64map_get(&t->trie, node << 8 | (unsigned char)s[k], &child)) break;
-            node = child;
+            int64_t child = trie_next(t, node, (unsigned char)s[k]);
+            if (child < 0) break;
+            node = (uint64_t)child;
             int32_t id = t->trie_val[node];
             if (id < 0) continue;
             const peri_tok_piece *p = &t->pieces[id];

@@ -234,6 +234,9 @@ void peri_tokenizer_free(peri_tokenizer *t) {
     free(t->charsmap);
     peri_u64map_free(&t->trie);
     free(t->trie_val);
+    free(t->trie_off);
+    free(t->trie_child);
+    free(t->trie_lab);
     peri_u64map_free(&t->ud_trie);
     free(t->ud_val);
     peri_u64map_free(&t->merges);

@@ -78,6 +78,12 @@ struct peri_tokenizer {
     peri_u64map trie;         // piece trie: (node << 8 | byte) -> child node
     int32_t *trie_val;        // node -> piece id or -1
     size_t trie_nodes, trie_cap;
+    // The same trie flattened for encoding: children of node n are trie_lab/trie_child[trie_off[n] ..
+    // trie_off[n + 1]), sorted by label; the root's 256 children are in trie_root (-1 = none).
+    uint32_t *trie_off, *trie_child;
+    uint8_t *trie_lab;
+    int32_t trie_root[256];
+    bool ud_first[256];       // first bytes of user-defined symbols
     peri_u64map ud_trie;      // user-defined symbols trie (same layout), for the normalizer
     int32_t *ud_val;
     size_t ud_nodes, ud_cap;
