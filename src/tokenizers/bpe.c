@@ -49,7 +49,6 @@ static int build_bytes(peri_tokenizer *t) {
         if (!p->type || p->type == PERI_TOK_CONTROL || p->type == PERI_TOK_USER_DEFINED) continue;
         const unsigned char *s = (const unsigned char *)t->text + p->off;
         size_t n = p->len, o = 0;
-        bool same = true;
         for (size_t i = 0; i < n;) {
             uint32_t cp;
             size_t l = peri_utf8_decode(s + i, n - i, &cp);
@@ -59,7 +58,6 @@ static int build_bytes(peri_tokenizer *t) {
             i += l;
         }
         if (o == n && memcmp(tmp, s, n) == 0) continue;
-        (void)same;
         uint32_t off;
         if ((rc = peri_tok_append_text(t, tmp, o, &off))) break;
         p->boff = off;
