@@ -1,0 +1,279 @@
+// AVX2 + FMA + F16C kernels; compiled for x86-64 only and chosen at run time by kernels/dispatch.c.
+#if defined(__x86_64__)
+#include "kernels/kernels_impl.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+// Register tiles (16 ymm): prefill 4 x rows by 3 weight rows = 12 accumulators; decode streams 8 weight
+// rows with one x vector.
+#define TR 4
+#define TC 3
+#define GEMV_ROWS 8
+
+PERI_INLINE __m256 ld_w(int wt, const char *w, int64_t k) {
+    if (wt == PERI_TYPE_F32) return _mm256_loadu_ps((const float *)w + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
+    if (wt == PERI_TYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// The last K % 8 values of a row, zero-padded to a full vector (AVX2 has no masked 16-bit loads).
+PERI_INLINE __m256 ld_w_tail(int wt, const char *w, int64_t k, int64_t left) {
+    size_t esz = wt == PERI_TYPE_F32 ? 4 : 2;
+    _Alignas(32) char buf[32] = {0};
+    memcpy(buf, w + (size_t)k * esz, (size_t)left * esz);
+    return ld_w(wt, buf, 0);
+}
+
+PERI_INLINE __m256 ld_x_tail(const float *x, int64_t left) {
+    _Alignas(32) float buf[8] = {0};
+    memcpy(buf, x, (size_t)left * sizeof(float));
+    return _mm256_load_ps(buf);
+}
+
+PERI_INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
+                      size_t ws, int64_t K, const float *bias) {
+    __m256 acc[TR][GEMV_ROWS];
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv[TR];
+        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm256_loadu_ps(x + r * ldx + k);
+        PERI_UNROLL for (int c = 0; c < C; c++) {
+            __m256 wv = ld_w(wt, w + (size_t)c * ws, k);
+            PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    if (k < K) {
+        __m256 xv[TR];
+        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = ld_x_tail(x + r * ldx + k, K - k);
+        PERI_UNROLL for (int c = 0; c < C; c++) {
+            __m256 wv = ld_w_tail(wt, w + (size_t)c * ws, k, K - k);
+            PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+        y[r * ldy + c] = hsum(acc[r][c]) + (bias ? bias[c] : 0.0f);
+}
+
+#define XBLOCK 32
+
+PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t xstride, const void *wv,
+                         size_t ws, int64_t K, int64_t m, int64_t n, const float *bias) {
+    const float *x = xv;
+    const char *w = wv;
+    int64_t ldx = (int64_t)(xstride / sizeof(float));
+#define B(j) (bias ? bias + (j) : NULL)
+    if (n == 1) {
+        int64_t j = 0;
+        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS) tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += XBLOCK) {
+        int64_t i1 = i0 + XBLOCK < n ? i0 + XBLOCK : n;
+        int64_t j = 0;
+        for (; j + TC <= m; j += TC) {
+            int64_t i = i0;
+            for (; i + TR <= i1; i += TR) tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+            for (; i < i1; i++) tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        }
+        for (; j < m; j++) {
+            int64_t i = i0;
+            for (; i + TR <= i1; i += TR) tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+            for (; i < i1; i++) tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        }
+    }
+#undef B
+}
+
+static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                   int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                   int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+
+// ---- row helpers ------------------------------------------------------------------------------------------
+
+static float dot(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static float sum(const float *x, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + i + 24));
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int64_t n) {
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    float rs = 1.0f / sqrtf(dot(x, x, n) / (float)n + eps);
+    __m256 rv = _mm256_set1_ps(rs);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), rv);
+        if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + i));
+        _mm256_storeu_ps(y + i, v);
+    }
+    for (; i < n; i++) y[i] = x[i] * rs * (w ? w[i] : 1.0f);
+}
+
+static void layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    float mean = sum(x, n) / (float)n;
+    __m256 mv = _mm256_set1_ps(mean), s = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
+        s = _mm256_fmadd_ps(d, d, s);
+    }
+    float var = hsum(s);
+    for (; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (float)n;
+    float rs = 1.0f / sqrtf(var + eps);
+    __m256 rv = _mm256_set1_ps(rs);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), rv);
+        if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + i));
+        if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + i));
+        _mm256_storeu_ps(y + i, v);
+    }
+    for (; i < n; i++) y[i] = (x[i] - mean) * rs * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+}
+
+// exp(x) for float32 within ~2 ulp (Cephes polynomial); inputs below -87.3 give 0, above 88.72 give inf.
+PERI_INLINE __m256 exp_ps(__m256 x) {
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.72f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(126)), 23);
+    __m256 res = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_set1_ps(2.0f));
+    res = _mm256_blendv_ps(res, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ));
+    res = _mm256_blendv_ps(res, _mm256_set1_ps(INFINITY),
+                           _mm256_cmp_ps(x, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ));
+    return _mm256_blendv_ps(res, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+static void softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float mx = -INFINITY;
+    int64_t i = 0;
+    if (n >= 8) {
+        __m256 m = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+        _Alignas(32) float t[8];
+        _mm256_store_ps(t, m);
+        for (int k = 0; k < 8; k++) mx = t[k] > mx ? t[k] : mx;
+    }
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    __m256 mv = _mm256_set1_ps(mx), s = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        s = _mm256_add_ps(s, e);
+        _mm256_storeu_ps(x + i, e);
+    }
+    float tot = hsum(s);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        tot += x[i];
+    }
+    float inv = 1.0f / tot;
+    __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+static void silu_row(float *y, const float *x, int64_t n) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+    for (; i < n; i++) y[i] = peri_silu(x[i]);
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const struct peri_kernel_set peri_kset_avx2 = {
+    .name = "avx2",
+    .level = PERI_KERNELS_AVX2,
+    .row_align = 8,
+    .mm = {
+        [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
+        [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
+        [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+    },
+    .dot = dot,
+    .axpy = axpy,
+    .layernorm = layernorm,
+    .rmsnorm = rmsnorm,
+    .softmax = softmax,
+    .silu_row = silu_row,
+    .sum = sum,
+};
+
+#else
+typedef int peri_avx2_unused; // ISO C wants a non-empty translation unit
+#endif

@@ -1,0 +1,263 @@
+// AVX-512 (F/BW/VL/DQ) kernels; compiled for x86-64 only and chosen at run time by kernels/dispatch.c.
+#if defined(__x86_64__)
+#include "kernels/kernels_impl.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
+
+// Register tiles: prefill keeps R x C accumulators (4 x rows by 6 weight rows = 24 zmm, plus 4 x vectors
+// and one weight vector); decode streams 8 weight rows at once with one x vector.
+#define TR 4
+#define TC 6
+#define GEMV_ROWS 8
+
+// 16 weights of row w starting at k, as float32 (masked: missing lanes read as 0).
+PERI_INLINE __m512 ld_w(int wt, const char *w, int64_t k) {
+    if (wt == PERI_TYPE_F32) return _mm512_loadu_ps((const float *)w + k);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+    if (wt == PERI_TYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+PERI_INLINE __m512 ld_w_mask(int wt, const char *w, int64_t k, __mmask16 m) {
+    if (wt == PERI_TYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
+    if (wt == PERI_TYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// y[r*ldy + c] = sum_k x[r][k] * w[c][k] + bias[c] for r < R, c < C.
+PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
+                      size_t ws, int64_t K, const float *bias) {
+    __m512 acc[TR][GEMV_ROWS];
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[TR];
+        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + r * ldx + k);
+        PERI_UNROLL for (int c = 0; c < C; c++) {
+            __m512 wv = ld_w(wt, w + (size_t)c * ws, k);
+            PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv[TR];
+        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m, x + r * ldx + k);
+        PERI_UNROLL for (int c = 0; c < C; c++) {
+            __m512 wv = ld_w_mask(wt, w + (size_t)c * ws, k, m);
+            PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+        y[r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]) + (bias ? bias[c] : 0.0f);
+}
+
+// x rows per block of the prefill loop: 32 rows of up to ~16k floats stay in L2 while this thread's weight
+// tiles pass over them.
+#define XBLOCK 32
+
+PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t xstride, const void *wv,
+                         size_t ws, int64_t K, int64_t m, int64_t n, const float *bias) {
+    const float *x = xv;
+    const char *w = wv;
+    int64_t ldx = (int64_t)(xstride / sizeof(float));
+#define B(j) (bias ? bias + (j) : NULL)
+    if (n == 1) {
+        int64_t j = 0;
+        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS) tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += XBLOCK) {
+        int64_t i1 = i0 + XBLOCK < n ? i0 + XBLOCK : n;
+        int64_t j = 0;
+        for (; j + TC <= m; j += TC) {
+            int64_t i = i0;
+            for (; i + TR <= i1; i += TR) tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+            for (; i < i1; i++) tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        }
+        for (; j < m; j++) {
+            int64_t i = i0;
+            for (; i + TR <= i1; i += TR) tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+            for (; i < i1; i++) tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        }
+    }
+#undef B
+}
+
+static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                   int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                   int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+
+// ---- row helpers ------------------------------------------------------------------------------------------
+
+PERI_INLINE __mmask16 tail_mask(int64_t left) { return (__mmask16)((1u << left) - 1); }
+
+static float dot(const float *a, const float *b, int64_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static float sum(const float *x, int64_t n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_add_ps(s0, _mm512_loadu_ps(x + i));
+        s1 = _mm512_add_ps(s1, _mm512_loadu_ps(x + i + 16));
+        s2 = _mm512_add_ps(s2, _mm512_loadu_ps(x + i + 32));
+        s3 = _mm512_add_ps(s3, _mm512_loadu_ps(x + i + 48));
+    }
+    for (; i < n; i += 16) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(i + 16 <= n ? 0xffff : tail_mask(n - i), x + i));
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+static void axpy(float *y, float a, const float *x, int64_t n) {
+    __m512 av = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps) {
+    float ss = dot(x, x, n);
+    __m512 rs = _mm512_set1_ps(1.0f / sqrtf(ss / (float)n + eps));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), rs);
+        if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+static void layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
+    float mean = sum(x, n) / (float)n;
+    __m512 mv = _mm512_set1_ps(mean), s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mv);
+        s = _mm512_fmadd_ps(d, d, s);
+    }
+    float var = _mm512_reduce_add_ps(s) / (float)n;
+    __m512 rs = _mm512_set1_ps(1.0f / sqrtf(var + eps));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv), rs);
+        if (w) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i));
+        if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, b + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+// exp(x) for float32 within ~2 ulp (Cephes polynomial); inputs below -87.3 give 0, above 88.72 give inf.
+PERI_INLINE __m512 exp_ps(__m512 x) {
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.72f));
+    __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    // 2^fx as 2^(fx-1) * 2 so that fx = 128 (x near 88.7) does not overflow the exponent field.
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(126)), 23);
+    __m512 res = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_castsi512_ps(e)), _mm512_set1_ps(2.0f));
+    res = _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ), _mm512_setzero_ps());
+    res = _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72283935546875f), _CMP_GT_OQ),
+                             _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+static void softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, x + i));
+    }
+    __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv));
+        e = _mm512_maskz_mov_ps(m, e);
+        s = _mm512_add_ps(s, e);
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(s));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
+static void silu_row(float *y, const float *x, int64_t n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+    }
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const struct peri_kernel_set peri_kset_avx512 = {
+    .name = "avx512",
+    .level = PERI_KERNELS_AVX512,
+    .row_align = 8, // the decode tile; finer than a multiple of the prefill tile (6) keeps threads balanced
+    .mm = {
+        [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
+        [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
+        [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+    },
+    .dot = dot,
+    .axpy = axpy,
+    .layernorm = layernorm,
+    .rmsnorm = rmsnorm,
+    .softmax = softmax,
+    .silu_row = silu_row,
+    .sum = sum,
+};
+
+#else
+typedef int peri_avx512_unused; // ISO C wants a non-empty translation unit
+#endif

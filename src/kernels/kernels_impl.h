@@ -1,0 +1,63 @@
+// Internal to src/kernels: the per-level kernel tables that dispatch.c chooses from at run time.
+// A level fills what it has; NULL entries fall back to the generic path (dispatch.c), so a new weight
+// type (Q8_0, Q4_K, ...) slots in by adding one `mm` entry per level where it has a fast kernel.
+#ifndef PERI_KERNELS_IMPL_H
+#define PERI_KERNELS_IMPL_H
+
+#include "kernels/ops.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+// The matmul block kernel: for i < n, j < m
+//   y[i*ldy + j] = dot(x row i, w row j) + (bias ? bias[j] : 0)
+// x rows are xstride BYTES apart and of type x_type of the entry (float32 unless the entry asks for
+// x converted first, e.g. to Q8_0 for integer dot products); w rows are wstride bytes apart, K values.
+// It chooses its own blocking for n == 1 (stream W) and n > 1 (register tiles reusing W across x rows).
+typedef void (*peri_mm_fn)(float *y, int64_t ldy, const void *x, size_t xstride, const void *w, size_t wstride,
+                           int64_t K, int64_t m, int64_t n, const float *bias);
+
+struct peri_mm_kernel {
+    peri_mm_fn fn;   // NULL: generic path (dequantize rows and reuse the F32 kernel, or the type's dot_f32)
+    int x_type;      // what x must be converted to before fn (PERI_TYPE_F32: used as is)
+};
+
+struct peri_kernel_set {
+    const char *name;
+    int level;                                   // enum peri_kernel_level
+    int row_align;                               // threads split W rows in multiples of this
+    struct peri_mm_kernel mm[PERI_TYPE_COUNT];   // indexed by the weight type
+    float (*dot)(const float *a, const float *b, int64_t n);
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
+    void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
+    void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
+    void (*softmax)(float *x, int64_t n);
+    void (*silu_row)(float *y, const float *x, int64_t n);
+    float (*sum)(const float *x, int64_t n);     // for the bandwidth probe
+};
+
+extern const struct peri_kernel_set peri_kset_ref;
+#if defined(__x86_64__)
+extern const struct peri_kernel_set peri_kset_avx2;
+extern const struct peri_kernel_set peri_kset_avx512;
+#endif
+#if defined(__aarch64__)
+extern const struct peri_kernel_set peri_kset_neon;
+#endif
+
+// The set in use (never NULL).
+const struct peri_kernel_set *peri_kernels_current(void);
+
+float peri_sum_ref(const float *x, int64_t n);
+
+// Loop helpers for the fixed-size register tiles (full unrolling keeps accumulators in registers).
+#if defined(__clang__)
+#define PERI_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define PERI_UNROLL _Pragma("GCC unroll 16")
+#else
+#define PERI_UNROLL
+#endif
+#define PERI_INLINE static inline __attribute__((always_inline))
+
+#endif

@@ -1,0 +1,272 @@
+// Every kernel at every level this CPU supports against its scalar reference, on odd shapes.
+#include "kernels/kernels_impl.h"
+#include "kernels/ops.h"
+#include "peri.h"
+#include "runtime/pool.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static float frand(void) { return (float)((double)rnd() / 4294967296.0 * 2.0 - 1.0) * 2.0f; }
+static int irand(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); }
+
+// A random weight of `type` with M rows of K values; also returns its float32 values (as the reference
+// sees them after conversion) for the error bound.
+static void *make_weight(int type, int64_t M, int64_t K, float *wf) {
+    const struct peri_type_traits *tt = peri_type_traits(type);
+    size_t rs = peri_row_size(type, K);
+    char *w = malloc(rs * (size_t)M + 1);
+    float *tmp = malloc(sizeof(float) * (size_t)K);
+    for (int64_t r = 0; r < M; r++) {
+        for (int64_t k = 0; k < K; k++) {
+            tmp[k] = frand();
+            // a few tiny values: F16 subnormals, BF16 small exponents
+            if (rnd() % 17 == 0) tmp[k] *= 1e-6f;
+        }
+        tt->from_float(tmp, w + (size_t)r * rs, K);
+        tt->to_float(w + (size_t)r * rs, wf + r * K, K);
+    }
+    free(tmp);
+    return w;
+}
+
+// Allowed |y - y_ref| for one output: two summation orders of K products each lie within about
+// K * 2^-24 * sum|w x| of the exact value; kernels that first convert x (integer dot products of
+// quantized types) add that conversion's relative error.
+static double mm_tol(int type, int64_t K, double sabs) {
+    double t = (double)(K + 8) * 1.2e-7 * sabs + 1e-30;
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    if (ks->mm[type].fn && ks->mm[type].x_type != PERI_TYPE_F32) t += 1e-2 * sabs;
+    return t;
+}
+
+static int check_matmul(peri_pool *pool, int type, int64_t M, int64_t K, int64_t n, int use_ex, int use_bias) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    // With use_ex: a row range [row0, row0+Msub) of a bigger weight, x and y with padded strides.
+    int64_t Mt = use_ex ? M + irand(0, 5) : M;
+    int64_t row0 = use_ex ? irand(0, (int)(Mt - M)) : 0;
+    int64_t ldx = use_ex ? K + irand(0, 7) : K, ldy = use_ex ? M + irand(0, 7) : M;
+    float *wf = malloc(sizeof(float) * (size_t)(Mt * K));
+    void *w = make_weight(type, Mt, K, wf);
+    float *x = malloc(sizeof(float) * (size_t)(n * ldx));
+    for (int64_t i = 0; i < n * ldx; i++) x[i] = frand();
+    float *bias = NULL;
+    if (use_bias) {
+        bias = malloc(sizeof(float) * (size_t)M);
+        for (int64_t j = 0; j < M; j++) bias[j] = frand();
+    }
+    float *y = malloc(sizeof(float) * (size_t)(n * ldy)), *yr = malloc(sizeof(float) * (size_t)(n * ldy));
+    for (int64_t i = 0; i < n * ldy; i++) y[i] = yr[i] = 12345.0f; // padding must stay untouched
+    peri_tensor W = {.name = "w", .type = type, .n_dims = 2, .shape = {Mt, K}, .data = w,
+                     .nbytes = peri_row_size(type, K) * (size_t)Mt};
+    if (use_ex) {
+        peri_matmul_ex(pool, y, ldy, x, ldx, &W, row0, M, bias, n);
+        peri_matmul_ex_ref(NULL, yr, ldy, x, ldx, &W, row0, M, bias, n);
+    } else {
+        peri_matmul(pool, y, x, &W, bias, n);
+        peri_matmul_ref(NULL, yr, x, &W, bias, n);
+    }
+    int bad = 0;
+    for (int64_t i = 0; i < n && !bad; i++) {
+        for (int64_t j = 0; j < ldy && !bad; j++) {
+            double d = fabs((double)y[i * ldy + j] - (double)yr[i * ldy + j]);
+            double tol = 0;
+            if (j < M) {
+                double sabs = 0;
+                for (int64_t k = 0; k < K; k++) sabs += fabs((double)wf[(row0 + j) * K + k] * x[i * ldx + k]);
+                tol = mm_tol(type, K, sabs);
+            }
+            if (!(d <= tol)) {
+                fprintf(stderr, "matmul %s %s M=%lld K=%lld n=%lld ex=%d bias=%d pool=%d: y[%lld][%lld] = %.9g, ref %.9g (tol %.3g)\n",
+                        lvl, peri_type_name(type), (long long)M, (long long)K, (long long)n, use_ex, use_bias,
+                        peri_pool_size(pool), (long long)i, (long long)j, y[i * ldy + j], yr[i * ldy + j], tol);
+                bad = 1;
+            }
+        }
+    }
+    free(wf), free(w), free(x), free(bias), free(y), free(yr);
+    return !bad;
+}
+
+static void test_matmul_level(peri_pool *pool) {
+    static const int64_t Ks[] = {1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 100, 129, 300};
+    static const int64_t Kblocks[] = {1, 2, 3, 5, 7}; // block types: K is a number of blocks
+    for (int type = 0; type < PERI_TYPE_COUNT; type++) {
+        const struct peri_type_traits *tt = peri_type_traits(type);
+        if (!tt || !tt->supported || !tt->dot_f32 || !tt->from_float || !tt->to_float) continue;
+        int ok = 1, cases = 0;
+        // Types without a kernel at this level take the generic path (the same at every level, and their
+        // quantization is slow): fewer cases.
+        int fast = peri_kernels_current()->mm[type].fn != NULL;
+        if (!fast && !pool) continue;
+        // Fixed corners first: M = 1, n = 1..9, K not a multiple of the vector width.
+        for (int64_t n = 1; n <= 9; n += fast ? 1 : 4) {
+            for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki += 3) {
+                int64_t K = tt->blck_size > 1 ? Kblocks[ki % 5] * tt->blck_size : Ks[ki];
+                ok &= check_matmul(pool, type, 1, K, n, 0, 0);
+                ok &= check_matmul(pool, type, 1 + (n * 7) % 30, K, n, n & 1, n & 2);
+                cases += 2;
+            }
+        }
+        for (int t = 0; t < (fast ? 40 : 4); t++) {
+            int64_t K = tt->blck_size > 1 ? Kblocks[rnd() % 5] * tt->blck_size : Ks[rnd() % (sizeof Ks / sizeof Ks[0])];
+            int64_t M = irand(1, 70), n = t % 4 == 0 ? irand(10, 40) : irand(1, 9);
+            ok &= check_matmul(pool, type, M, K, n, irand(0, 1), irand(0, 1));
+            cases++;
+        }
+        // Big enough to go through the pool (the small ones run on the caller).
+        ok &= check_matmul(pool, type, 131, tt->blck_size > 1 ? 3 * tt->blck_size : 515, 1, 0, 1);
+        ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
+        CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
+    }
+}
+
+static int close_rel(double a, double b, double rel, double abs_tol) {
+    double d = fabs(a - b);
+    return d <= abs_tol + rel * fabs(b) || (isnan(a) && isnan(b));
+}
+
+static void test_rows_level(void) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    static const int64_t Ns[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 1000, 4099};
+    int ok_dot = 1, ok_axpy = 1, ok_norm = 1, ok_sm = 1, ok_silu = 1;
+    for (size_t t = 0; t < sizeof Ns / sizeof Ns[0]; t++) {
+        int64_t n = Ns[t];
+        float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n);
+        float *w = malloc(sizeof(float) * (size_t)n), *c = malloc(sizeof(float) * (size_t)n);
+        float *y1 = malloc(sizeof(float) * (size_t)n), *y2 = malloc(sizeof(float) * (size_t)n);
+        double sabs = 0;
+        for (int64_t i = 0; i < n; i++) {
+            a[i] = frand() * 3.0f + 0.5f;
+            b[i] = frand();
+            w[i] = frand();
+            c[i] = frand();
+            sabs += fabs((double)a[i] * b[i]);
+        }
+        double dtol = (double)(n + 8) * 1.2e-7 * sabs;
+        ok_dot &= fabs((double)peri_dot(a, b, n) - peri_dot_ref(a, b, n)) <= dtol;
+
+        memcpy(y1, c, sizeof(float) * (size_t)n);
+        memcpy(y2, c, sizeof(float) * (size_t)n);
+        peri_axpy(y1, 0.37f, a, n);
+        peri_axpy_ref(y2, 0.37f, a, n);
+        for (int64_t i = 0; i < n; i++) ok_axpy &= close_rel(y1[i], y2[i], 2.4e-7, 2.4e-7 * fabs(0.37 * a[i]));
+
+        // Norms: outputs are O(|w|+|b|); sums of n terms change order, so the error grows with n.
+        double ntol = 1e-6 + (double)n * 2e-8;
+        for (int variant = 0; variant < 4; variant++) {
+            const float *wp = variant & 1 ? w : NULL, *bp = variant & 2 ? c : NULL;
+            peri_rmsnorm(y1, a, wp, n, 1e-6f);
+            peri_rmsnorm_ref(y2, a, wp, n, 1e-6f);
+            for (int64_t i = 0; i < n; i++) ok_norm &= close_rel(y1[i], y2[i], ntol, ntol);
+            peri_layernorm(y1, a, wp, bp, n, 1e-5f);
+            peri_layernorm_ref(y2, a, wp, bp, n, 1e-5f);
+            for (int64_t i = 0; i < n; i++) ok_norm &= close_rel(y1[i], y2[i], ntol * 4, ntol * 4);
+        }
+        // in place, as the models use them
+        memcpy(y1, a, sizeof(float) * (size_t)n);
+        peri_rmsnorm(y1, y1, w, n, 1e-6f);
+        peri_rmsnorm_ref(y2, a, w, n, 1e-6f);
+        for (int64_t i = 0; i < n; i++) ok_norm &= close_rel(y1[i], y2[i], ntol, ntol);
+
+        // Softmax over logits with a wide range, including -inf (masked positions).
+        for (int64_t i = 0; i < n; i++) y1[i] = y2[i] = a[i] * 20.0f;
+        if (n > 3) y1[1] = y2[1] = -INFINITY;
+        peri_softmax(y1, n);
+        peri_softmax_ref(y2, n);
+        for (int64_t i = 0; i < n; i++) ok_sm &= close_rel(y1[i], y2[i], 1e-5, 1e-9);
+
+        for (int64_t i = 0; i < n; i++) y2[i] = a[i] * 30.0f;
+        if (n > 4) y2[2] = -100.0f, y2[3] = 100.0f;
+        peri_silu_row(y1, y2, n);
+        peri_silu_row_ref(y2, y2, n); // in place
+        for (int64_t i = 0; i < n; i++) ok_silu &= close_rel(y1[i], y2[i], 1e-6, 1e-30);
+        free(a), free(b), free(w), free(c), free(y1), free(y2);
+    }
+    // Edge values of silu: large magnitudes, zero, nan.
+    float e[] = {0.0f, -0.0f, 88.0f, -88.0f, 89.0f, -89.0f, -104.0f, 1000.0f, -1000.0f, 1e-30f, NAN, 3.0f, -3.0f,
+                 0.5f, -0.5f, 20.0f, -20.0f};
+    float ey[17], er[17];
+    peri_silu_row(ey, e, 17);
+    peri_silu_row_ref(er, e, 17);
+    for (int i = 0; i < 17; i++) ok_silu &= close_rel(ey[i], er[i], 1e-6, 1e-30);
+    CHECKF(ok_dot, "dot at level %s", lvl);
+    CHECKF(ok_axpy, "axpy at level %s", lvl);
+    CHECKF(ok_norm, "rmsnorm/layernorm at level %s", lvl);
+    CHECKF(ok_sm, "softmax at level %s", lvl);
+    CHECKF(ok_silu, "silu at level %s", lvl);
+}
+
+// PERI_KERNELS is read at the first use: check it in a child process.
+static void test_env(const char *self) {
+    for (int l = 0; l < PERI_KERNELS_LEVELS; l++) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "PERI_KERNELS=%s '%s' --print-level", peri_kernels_level_name(l), self);
+        FILE *f = popen(cmd, "r");
+        if (!f) continue;
+        char out[64] = {0};
+        if (!fgets(out, sizeof out, f)) out[0] = 0;
+        pclose(f);
+        out[strcspn(out, "\n")] = 0;
+        if (peri_kernels_supported(l))
+            CHECKF(!strcmp(out, peri_kernels_level_name(l)), "PERI_KERNELS=%s gave '%s'", peri_kernels_level_name(l), out);
+        else
+            CHECKF(strcmp(out, peri_kernels_level_name(l)) != 0 && out[0], "unsupported PERI_KERNELS=%s gave '%s'",
+                   peri_kernels_level_name(l), out);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--print-level")) {
+        printf("%s\n", peri_kernels_level_name(peri_kernels_level()));
+        return 0;
+    }
+    printf("kernels: %s\n", peri_kernels_info());
+    int best = peri_kernels_level();
+    CHECK(peri_kernels_supported(PERI_KERNELS_REF));
+    CHECK(peri_kernels_set_level(PERI_KERNELS_LEVELS) < 0);
+    CHECK(peri_kernels_set_level(-1) < 0);
+    peri_pool *pool = peri_pool_new(3);
+    CHECK(pool != NULL);
+    int levels = 0;
+    for (int l = 0; l < PERI_KERNELS_LEVELS; l++) {
+        if (!peri_kernels_supported(l)) {
+            CHECK(peri_kernels_set_level(l) < 0);
+            continue;
+        }
+        CHECK(peri_kernels_set_level(l) == PERI_OK);
+        CHECK(peri_kernels_level() == l);
+        levels++;
+        printf("level %s\n", peri_kernels_level_name(l));
+        test_matmul_level(NULL);
+        test_matmul_level(pool);
+        test_rows_level();
+    }
+    CHECK(levels >= 1);
+    peri_kernels_set_level(best);
+
+    // Unsupported weight types must not be read: the output becomes NaN and an error is set.
+    float x[4] = {1, 2, 3, 4}, y[2] = {0, 0};
+    peri_tensor bad = {.name = "bad", .type = PERI_TYPE_I32, .n_dims = 2, .shape = {2, 4}, .data = x, .nbytes = 16};
+    peri_matmul(pool, y, x, &bad, NULL, 1);
+    CHECK(isnan(y[0]) && isnan(y[1]));
+
+    double bw = peri_measure_read_bandwidth(pool, (size_t)4 << 20);
+    CHECKF(bw > 0.1, "bandwidth %.3f GB/s", bw);
+    printf("read bandwidth (4 MB, %d threads): %.1f GB/s\n", peri_pool_size(pool), bw);
+
+    if (argc > 0) test_env(argv[0]);
+    peri_pool_free(pool);
+    return TEST_END();
+}
