@@ -50,6 +50,8 @@ struct plm_ctx {
     uint8_t *valid;              // [seq][slot]: 0 = padding token (never a key)
     float *cos_tab, *sin_tab;    // [n_ctx_train][rope/2]
     // micro-batch scratch, rows = n_rows_max
+    // qlat: [row][head][R + rope] = [W_kb,h^T q_nope,h | roped q_rope,h], the query against a latent cache
+    // row [c | k_rope], so one dot product gives the whole score.
     float *x, *h, *tmp, *q, *a, *kv, *qlat, *clat, *att, *ff;
     // per-thread scratch
     int nth;
@@ -394,7 +396,7 @@ static int plm_ctx_init(peri_context *c) {
     if (x->full) {
         x->kv = alloc_n(N * H * (p->nope + p->vdim), 4);
     } else {
-        x->qlat = alloc_n(N * H * R, 4);
+        x->qlat = alloc_n(N * H * (R + p->rope), 4);
         x->clat = alloc_n(N * H * R, 4);
     }
     x->nth = peri_pool_size(c->pool);
@@ -450,12 +452,6 @@ static inline const float *load_row(const void *src, float *buf, int64_t n, bool
     return buf;
 }
 
-static inline float dotf(const float *a, const float *b, int64_t n) {
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 struct attn_job {
     peri_context *c;
     int64_t layer, n_rows;
@@ -489,7 +485,7 @@ static void attn_task(void *arg, int ith, int nth) {
     peri_context *c = J->c;
     struct plm_ctx *x = c->arch;
     const struct plm_model *p = c->model->arch;
-    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope;
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, rope = p->rope;
     const int64_t nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
     const float scale = 1.0f / sqrtf((float)dk);
     float *sc = x->scores + (int64_t)ith * H * nctx;
@@ -513,12 +509,11 @@ static void attn_task(void *arg, int ith, int nth) {
                 const float *cj = load_row((const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz,
                                            buf, x->width_a, x->cache_f16);
                 for (int64_t h = h0; h < h1; h++)
-                    sc[h * nctx + j] = (dotf(x->qlat + (n * H + h) * R, cj, R) +
-                                        dotf(qn + h * dk + nope, cj + R, rope)) * scale;
+                    sc[h * nctx + j] = peri_dot(x->qlat + (n * H + h) * (R + rope), cj, R + rope) * scale;
             } else {
                 const char *kr = (const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz;
                 const float *kj = load_row(kr + (size_t)(h0 * dk) * x->esz, buf, (h1 - h0) * dk, x->cache_f16);
-                for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = dotf(qn + h * dk, kj + (h - h0) * dk, dk) * scale;
+                for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = peri_dot(qn + h * dk, kj + (h - h0) * dk, dk) * scale;
             }
         }
         for (int64_t h = h0; h < h1; h++) {
@@ -538,8 +533,7 @@ static void attn_task(void *arg, int ith, int nth) {
                 for (int64_t h = h0; h < h1; h++) {
                     float pj = sc[h * nctx + j];
                     if (pj == 0.0f) continue;
-                    float *o = out + h * R;
-                    for (int64_t r = 0; r < R; r++) o[r] += pj * vj[r];
+                    peri_axpy(out + h * R, pj, vj, R);
                 }
             } else {
                 const char *vr = (const char *)x->cache_b + (base + (size_t)j) * (size_t)x->width_b * x->esz;
@@ -547,9 +541,7 @@ static void attn_task(void *arg, int ith, int nth) {
                 for (int64_t h = h0; h < h1; h++) {
                     float pj = sc[h * nctx + j];
                     if (pj == 0.0f) continue;
-                    float *o = out + h * vd;
-                    const float *v = vj + (h - h0) * vd;
-                    for (int64_t e = 0; e < vd; e++) o[e] += pj * v[e];
+                    peri_axpy(out + h * vd, pj, vj + (h - h0) * vd, vd);
                 }
             }
         }
@@ -569,12 +561,12 @@ static void heads_task(void *arg, int ith, int nth) {
     const struct heads_job *J = arg;
     struct plm_ctx *x = J->c->arch;
     const struct plm_model *p = J->c->model->arch;
-    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope;
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope;
     long lo, hi;
     peri_split((long)H, ith, nth, &lo, &hi);
     for (int64_t h = lo; h < hi; h++) {
         if (!J->out)
-            peri_matmul_ex(NULL, x->qlat + h * R, H * R, x->q + h * dk, H * dk, &J->L->wkbt, h * R, R, NULL,
+            peri_matmul_ex(NULL, x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, &J->L->wkbt, h * R, R, NULL,
                            J->n_rows);
         else
             peri_matmul_ex(NULL, x->att + h * vd, H * vd, x->clat + h * R, H * R, J->L->wkvb, h * (nope + vd) + nope,
@@ -663,6 +655,9 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 size_t slot = (size_t)((l * nseq + x->row_seq[n]) * nctx + x->row_slot[n]);
                 store_row((char *)x->cache_a + slot * (size_t)x->width_a * x->esz, x->a + n * (R + rope), R + rope,
                           x->cache_f16);
+                for (int64_t h = 0; h < H; h++)
+                    memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
+                           sizeof(float) * (size_t)rope);
             }
             struct heads_job hj = {c, L, N, 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
             peri_pool_run(c->pool, heads_task, &hj);
