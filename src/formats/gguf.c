@@ -784,9 +784,8 @@ static uint64_t writer_alignment(const peri_gguf_writer *w) {
         if (strcmp(w->kv[i].key, "general.alignment") != 0) continue;
         const unsigned char *p = w->kv[i].val.p;
         uint32_t type = (uint32_t)rd_le(p, 4);
-        if (type == GGUF_UINT32) return rd_le(p + 4, 4);
-        if (type == GGUF_UINT64) return rd_le(p + 4, 8);
-        return 0;
+        // ggml reads general.alignment with gguf_get_val_u32 (asserting the type), so only uint32 is written.
+        return type == GGUF_UINT32 ? rd_le(p + 4, 4) : 0;
     }
     return GGUF_DEFAULT_ALIGNMENT;
 }

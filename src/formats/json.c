@@ -33,7 +33,10 @@ static void *arena_alloc(json_doc *d, size_t n) {
     n = (n + 15) & ~(size_t)15;
     arena_block *b = d->blocks;
     if (!b || b->cap - b->used < n) {
-        size_t cap = n > (1u << 20) ? n : (1u << 20);
+        // Blocks double from 4 KB up to 1 MB: small documents (config files, fuzz inputs) stay cheap.
+        size_t cap = b ? b->cap * 2 : 4096;
+        if (cap > (1u << 20)) cap = 1u << 20;
+        if (cap < n) cap = n;
         arena_block *nb = malloc(sizeof *nb + cap);
         if (!nb) return NULL;
         nb->used = 0;
