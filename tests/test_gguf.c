@@ -446,6 +446,14 @@ static void test_roundtrip(void) {
     }
     remove(path);
 
+    // llama.cpp reads general.alignment as uint32 only, so the writer refuses other types and bad values.
+    w = peri_gguf_writer_new();
+    CHECK(peri_gguf_set_u64(w, "general.alignment", 64) == PERI_OK);
+    CHECK(peri_gguf_write(w, path) == PERI_E_ARG);
+    CHECK(peri_gguf_set_u32(w, "general.alignment", 24) == PERI_OK);
+    CHECK(peri_gguf_write(w, path) == PERI_E_ARG);
+    peri_gguf_writer_free(w);
+
     // Random byte edits of a valid file never crash the reader.
     w = peri_gguf_writer_new();
     peri_gguf_set_str(w, "general.architecture", "plm");
