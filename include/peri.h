@@ -79,6 +79,18 @@ PERI_API int64_t peri_model_describe(const peri_model *model, char *buf, size_t 
 // Bytes of weights one decode step reads (embedding rows excluded): decode speed is bounded by
 // memory bandwidth / this.
 PERI_API int64_t peri_model_decode_bytes(const peri_model *model);
+// Output heads. Language models (…ForCausalLM) have PERI_HEAD_LM; checkpoints of the Hugging Face task classes
+// (…ForSequenceClassification, …ForTokenClassification, …ForQuestionAnswering) load with their head, and
+// then every logits row holds peri_model_n_outputs() values instead of the vocabulary.
+enum peri_head_type { PERI_HEAD_LM = 0, PERI_HEAD_SEQ_CLS = 1, PERI_HEAD_TOKEN_CLS = 2, PERI_HEAD_QA = 3 };
+enum peri_problem_type { PERI_PROBLEM_SINGLE_LABEL = 0, PERI_PROBLEM_MULTI_LABEL = 1, PERI_PROBLEM_REGRESSION = 2 };
+PERI_API int32_t peri_model_head(const peri_model *model);
+PERI_API int32_t peri_model_n_outputs(const peri_model *model);   // n_vocab, num_labels, or 2 for QA
+PERI_API const char *peri_model_label(const peri_model *model, int32_t i);   // id2label[i], or NULL
+PERI_API int32_t peri_model_problem_type(const peri_model *model);
+// Sequence classification pooling as the HF classes do it: the index of the rightmost token that is not the
+// pad id (the last token when the model has no pad id; 0 if every token is padding, as torch's argmax).
+PERI_API int32_t peri_seq_cls_pool_index(const peri_model *model, const peri_token *ids, int32_t n);
 // The tokenizer loaded with the model, or NULL if the model folder/file carries none. Owned by the model.
 PERI_API const peri_tokenizer *peri_model_tokenizer(const peri_model *model);
 
@@ -130,7 +142,7 @@ struct peri_batch {
 // Runs the tokens through the model, appending them to each sequence's caches. The logits are then in
 // peri_get_logits(). A sequence whose cache is empty is a prefill (PLDR-LLM computes and caches G here).
 PERI_API int peri_decode(peri_context *ctx, const struct peri_batch *batch);
-// Logits of the last peri_decode: [n_seq x (n_tokens or 1) x n_vocab], row-major.
+// Logits of the last peri_decode: [n_seq x (n_tokens or 1) x peri_model_n_outputs()], row-major.
 PERI_API const float *peri_get_logits(const peri_context *ctx);
 PERI_API int64_t peri_get_logits_count(const peri_context *ctx);   // number of rows
 

@@ -257,7 +257,9 @@ static int pldr_load(peri_model *m) {
         if ((rc = bind_ln(m, NAME("layernorm2"), D, &ly->ln2_w, &ly->ln2_b))) return rc;
 #undef NAME
     }
-    if (p->tie && !peri_weights_find(&m->w, "final_layer.weight")) {
+    if (m->head != PERI_HEAD_LM) {
+        // a task-head checkpoint (runtime/heads.c binds score / qa_outputs): no LM head
+    } else if (p->tie && !peri_weights_find(&m->w, "final_layer.weight")) {
         p->head = p->emb;
         p->head_b = NULL;
         if (p->final_bias) {
@@ -675,11 +677,11 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
 
     // LM head: every row, or each row's last token
     if (b->logits_all) {
-        peri_matmul(c->pool, c->logits, x->x, p->head, p->head_b, N);
+        peri_model_output(c, c->logits, x->x, N, p->head, p->head_b);
     } else {
         for (int r = 0; r < n_seq; r++)
             memcpy(x->logit_x + (size_t)r * D, x->x + ((size_t)r * S + S - 1) * D, sizeof(float) * D);
-        peri_matmul(c->pool, c->logits, x->logit_x, p->head, p->head_b, n_seq);
+        peri_model_output(c, c->logits, x->logit_x, n_seq, p->head, p->head_b);
     }
     return PERI_OK;
 }
@@ -796,7 +798,7 @@ static int pldr_dag(const peri_context *c, int32_t seq, double out[3]) {
 // Decode reads every projection and FFN matrix once, plus the LM head; the learner does not run.
 static int64_t pldr_decode_bytes(const peri_model *m) {
     const pldr_model *p = m->arch;
-    int64_t n = (int64_t)p->head->nbytes + (int64_t)p->V * 4;
+    int64_t n = p->head ? (int64_t)p->head->nbytes + (int64_t)p->V * 4 : 0;
     for (int l = 0; l < p->L; l++) {
         const pldr_layer *ly = &p->layers[l];
         n += (int64_t)(ly->wq->nbytes + ly->wk->nbytes + ly->wv->nbytes + ly->dense->nbytes + ly->ffn.w1->nbytes +

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 int peri_pldr_init_random(const json_value *cfg, uint64_t seed, const char *out_dir);
 
@@ -87,7 +88,18 @@ int peri_pldr_init_random(const json_value *cfg, uint64_t seed, const char *out_
         snprintf(p, sizeof p, "decoder.dec_layers.%lld.layernorm2", (long long)l);
         LN(p, D);
     }
-    if (!tie) {
+    // the head: an LM head, or the task head the architecture names (score / qa_outputs, N(0,1) 2.5/sqrt(D))
+    const json_value *arch = json_get(cfg, "architectures");
+    const char *an = arch && arch->type == JSON_ARRAY && arch->len && arch->items[0].type == JSON_STRING ? arch->items[0].str : "";
+    const json_value *id2label = json_get(cfg, "id2label");
+    int64_t n_labels = id2label && id2label->type == JSON_OBJECT && id2label->len ? (int64_t)id2label->len : 2;
+    if (strstr(an, "ForSequenceClassification") || strstr(an, "ForTokenClassification") || strstr(an, "ForQuestionAnswering")) {
+        int qa = strstr(an, "ForQuestionAnswering") != NULL, seq = strstr(an, "ForSequenceClassification") != NULL;
+        int64_t sw[2] = {qa ? 2 : n_labels, D}, sb[1] = {qa ? 2 : n_labels};
+        peri_init_add(&I, qa ? "qa_outputs.weight" : "score.weight", 2, sw, PERI_INIT_NORMAL, 2.5f / sqrtf((float)D), 0);
+        if (!seq) peri_init_add(&I, qa ? "qa_outputs.bias" : "score.bias", 1, sb, PERI_INIT_NORMAL, 0.1f, 0);
+        fb = false;
+    } else if (!tie) {
         peri_init_add(&I, "final_layer.weight", 2, s_emb, PERI_INIT_NORMAL, 2.5f / sqrtf((float)D), 0);
     }
     if (fb) {

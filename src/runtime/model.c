@@ -129,7 +129,9 @@ int peri_model_load(const char *path, struct peri_model_params params, peri_mode
         return peri_fail(PERI_E_UNSUPPORTED, "'%s': not a model peri knows: its config's model_type (or GGUF "
                          "general.architecture) must be 'pldrllm' or 'plm'", path);
     }
-    rc = m->ops->load(m);
+    rc = peri_heads_detect(m);
+    if (!rc) rc = m->ops->load(m);
+    if (!rc) rc = peri_heads_bind(m);
     if (rc) {
         peri_fail_prefix(rc, "loading %s model '%s': ", m->ops->name, path);
         peri_model_free(m);

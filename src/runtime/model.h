@@ -46,6 +46,13 @@ struct peri_arch_ops {
 
 struct peri_model {
     peri_weights w;
+    // Output head (runtime/heads.c): the LM head, or a task head chosen by config.json's architectures.
+    int head;                         // enum peri_head_type
+    int32_t n_out;                    // values per output row: n_vocab, num_labels, or 2 (QA)
+    const peri_tensor *out_w;         // task head weight [n_out, n_embd] (NULL for the LM head)
+    float *out_b;                     // task head bias [n_out] or NULL
+    char **labels;                    // id2label [n_out] (NULL if none)
+    int problem_type;                 // enum peri_problem_type
     const struct peri_arch_ops *ops;
     void *arch;                       // the architecture's weights struct
     int32_t n_vocab, n_embd, n_layer, n_ctx_train;
@@ -75,6 +82,14 @@ int peri_model_get(peri_model *m, const char *name, int n_dims, const int64_t *s
 int peri_model_get_f32(peri_model *m, const char *name, int n_dims, const int64_t *shape, float **out);
 // Allocation owned by the model (zeroed); NULL on failure with an error set.
 void *peri_model_alloc(peri_model *m, size_t bytes);
+
+// Task heads. detect: from config.json's architectures (before the arch binds weights: a task-head
+// checkpoint has no LM head). bind: the head's tensors (after the arch load, which sets n_embd/n_vocab).
+int peri_heads_detect(peri_model *m);
+int peri_heads_bind(peri_model *m);
+// The model's output for n rows of final hidden states x [n, n_embd] -> y [n, n_out]: the arch's LM head
+// (lm_w, lm_b) for language models, the task head otherwise.
+void peri_model_output(peri_context *c, float *y, const float *x, int64_t n, const peri_tensor *lm_w, const float *lm_b);
 
 extern const struct peri_arch_ops peri_arch_pldr;
 extern const struct peri_arch_ops peri_arch_plm;

@@ -16,6 +16,9 @@ int peri_cmd_init(int argc, char **argv);
 int peri_cmd_bench(int argc, char **argv);
 int peri_cmd_tokenize(int argc, char **argv);
 int peri_cmd_detokenize(int argc, char **argv);
+int peri_cmd_classify(int argc, char **argv);
+int peri_cmd_tag(int argc, char **argv);
+int peri_cmd_qa(int argc, char **argv);
 
 // Prints "peri <cmd>: <message>" to stderr; returns 1 (the exit code for errors).
 int cli_error(const char *cmd, const char *fmt, ...)

@@ -1,7 +1,8 @@
 // `peri logits`: the stable contract that checks outside the project call.
 //   peri logits -m MODEL --ids "I J K" [--decode-ids "A B"] [--no-cache] --out FILE
 // FILE gets [prompt length + decode ids] x vocab float32 rows (little-endian, row-major); the shape goes to
-// stderr. Extras: --deductive FILE.safetensors (PLDR-LLM A, A_LM, G_LM, ... of the prefill), --dag,
+// stderr. Task-head models write the head's outputs instead: sequence classification [1 x labels] for the
+// pooled token, token classification [T x labels], question answering [T x 2] (start, end). Extras: --deductive FILE.safetensors (PLDR-LLM A, A_LM, G_LM, ... of the prefill), --dag,
 // --attn sdpa|eager, -t N.
 #include "cli.h"
 
@@ -108,7 +109,11 @@ int peri_cmd_logits(int argc, char **argv) {
     struct peri_model_params mp = peri_model_default_params();
     if (peri_model_load(model_path, mp, &model) != PERI_OK) { cli_lib_error(cmd, "cannot load the model"); goto done; }
     if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
-    const int V = peri_model_n_vocab(model), total = n_ids + n_dec;
+    const int V = peri_model_n_outputs(model), total = n_ids + n_dec, head = peri_model_head(model);
+    if (head != PERI_HEAD_LM && (n_dec || no_cache)) {
+        cli_error(cmd, "'%s' has a task head; it scores one prompt (no --decode-ids or --no-cache)", model_path);
+        goto done;
+    }
     if (total > peri_model_n_ctx_train(model)) {
         cli_error(cmd, "%d tokens in all, more than the model's context of %d", total, peri_model_n_ctx_train(model));
         goto done;
@@ -130,7 +135,13 @@ int peri_cmd_logits(int argc, char **argv) {
 
     struct peri_batch b = {.n_seq = 1, .n_tokens = n_ids, .tokens = ids, .logits_all = true};
     if (peri_decode(ctx, &b) != PERI_OK) { cli_lib_error(cmd, "prefill failed"); goto done; }
-    if (fwrite(peri_get_logits(ctx), sizeof(float) * (size_t)V, (size_t)n_ids, f) != (size_t)n_ids) {
+    const float *rows = peri_get_logits(ctx);
+    int n_rows = n_ids;
+    if (head == PERI_HEAD_SEQ_CLS) { // one row: the pooled token, as the HF class returns
+        rows += (size_t)peri_seq_cls_pool_index(model, ids, n_ids) * V;
+        n_rows = 1;
+    }
+    if (fwrite(rows, sizeof(float) * (size_t)V, (size_t)n_rows, f) != (size_t)n_rows) {
         cli_error(cmd, "cannot write '%s'", out_path);
         goto done;
     }
@@ -155,7 +166,7 @@ int peri_cmd_logits(int argc, char **argv) {
     }
     if (fclose(f) != 0) { f = NULL; cli_error(cmd, "cannot write '%s'", out_path); goto done; }
     f = NULL;
-    fprintf(stderr, "logits: [%d x %d] float32 -> %s\n", total, V, out_path);
+    fprintf(stderr, "logits: [%d x %d] float32 -> %s\n", head == PERI_HEAD_SEQ_CLS ? 1 : total, V, out_path);
     rc = 0;
 done:
     if (f) fclose(f);

@@ -16,6 +16,9 @@ static const struct {
     {"bench", peri_cmd_bench, "measure prefill and decode speed"},
     {"tokenize", peri_cmd_tokenize, "text to token ids"},
     {"detokenize", peri_cmd_detokenize, "token ids to text"},
+    {"classify", peri_cmd_classify, "sequence classification with a classifier checkpoint"},
+    {"tag", peri_cmd_tag, "a label per token with a token-classification checkpoint"},
+    {"qa", peri_cmd_qa, "extractive question answering with a QA checkpoint"},
 };
 
 static void usage(FILE *f) {
