@@ -706,11 +706,11 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
     }
     if (b->logits_all) {
         for (int64_t r = 0; r < b->n_seq; r++)
-            peri_model_output(c, c->logits + (r * b->n_tokens + i0) * c->model->n_out, x->h + r * T * D, p->output, NULL, T);
+            peri_model_output(c, c->logits + (r * b->n_tokens + i0) * c->model->n_out, x->h + r * T * D, T, p->output, NULL);
     } else if (last) {
         for (int64_t r = 0; r < b->n_seq; r++)
             peri_rmsnorm_ref(x->tmp + r * D, x->x + (r * T + T - 1) * D, p->out_norm, D, p->eps);
-        peri_model_output(c, c->logits, x->tmp, p->output, NULL, b->n_seq);
+        peri_model_output(c, c->logits, x->tmp, b->n_seq, p->output, NULL);
     }
     return PERI_OK;
 }
