@@ -47,12 +47,15 @@ PERI_INLINE float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+// Over k in [k0, k1): accumulators start at zero (first) or from sc[r*C + c], and end reduced into y
+// (when k1 == K) or back in sc, so that long rows can be cut into chunks whose weights stay in L1.
 PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
-                      size_t ws, int64_t K, const float *bias) {
+                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m256 *sc, int first) {
     __m256 acc[TR][GEMV_ROWS];
-    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= K; k += 8) {
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+        acc[r][c] = first ? _mm256_setzero_ps() : _mm256_load_ps((const float *)&sc[r * C + c]);
+    int64_t k = k0;
+    for (; k + 8 <= k1; k += 8) {
         __m256 xv[TR];
         PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm256_loadu_ps(x + r * ldx + k);
         PERI_UNROLL for (int c = 0; c < C; c++) {
@@ -60,19 +63,25 @@ PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *
             PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
-    if (k < K) {
+    if (k < k1) {
         __m256 xv[TR];
-        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = ld_x_tail(x + r * ldx + k, K - k);
+        PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = ld_x_tail(x + r * ldx + k, k1 - k);
         PERI_UNROLL for (int c = 0; c < C; c++) {
-            __m256 wv = ld_w_tail(wt, w + (size_t)c * ws, k, K - k);
+            __m256 wv = ld_w_tail(wt, w + (size_t)c * ws, k, k1 - k);
             PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
         }
+    }
+    if (k1 < K) {
+        PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+            _mm256_store_ps((float *)&sc[r * C + c], acc[r][c]);
+        return;
     }
     PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
         y[r * ldy + c] = hsum(acc[r][c]) + (bias ? bias[c] : 0.0f);
 }
 
 #define XBLOCK 32
+#define KC 256 // floats of K per chunk: TC weight rows of it fit in L1
 
 PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t xstride, const void *wv,
                          size_t ws, int64_t K, int64_t m, int64_t n, const float *bias) {
@@ -82,23 +91,39 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #define B(j) (bias ? bias + (j) : NULL)
     if (n == 1) {
         int64_t j = 0;
-        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS) tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
-        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
-        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS)
+            tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
+        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
+        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
         return;
     }
+    // Prefill: for a block of x rows (kept in L2) and a tile of TC weight rows, walk K in chunks of KC so
+    // the weight chunk stays in L1 while every x tile of the block passes over it; partial sums wait in sc.
+    __m256 sc[XBLOCK * TC];
     for (int64_t i0 = 0; i0 < n; i0 += XBLOCK) {
         int64_t i1 = i0 + XBLOCK < n ? i0 + XBLOCK : n;
-        int64_t j = 0;
-        for (; j + TC <= m; j += TC) {
-            int64_t i = i0;
-            for (; i + TR <= i1; i += TR) tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-            for (; i < i1; i++) tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-        }
-        for (; j < m; j++) {
-            int64_t i = i0;
-            for (; i + TR <= i1; i += TR) tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-            for (; i < i1; i++) tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        for (int64_t j = 0; j < m;) {
+            int full = j + TC <= m;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                int64_t k1 = K - k0 > KC ? k0 + KC : K;
+                int64_t i = i0;
+                if (full) {
+                    for (; i + TR <= i1; i += TR)
+                        tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                    for (; i < i1; i++)
+                        tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                } else {
+                    for (; i + TR <= i1; i += TR)
+                        tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0), k0 == 0);
+                    for (; i < i1; i++)
+                        tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0), k0 == 0);
+                }
+            }
+            j += full ? TC : 1;
         }
     }
 #undef B

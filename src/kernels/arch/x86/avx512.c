@@ -36,12 +36,15 @@ PERI_INLINE __m512 ld_w_mask(int wt, const char *w, int64_t k, __mmask16 m) {
 }
 
 // y[r*ldy + c] = sum_k x[r][k] * w[c][k] + bias[c] for r < R, c < C.
+// Over k in [k0, k1): accumulators start at zero (first) or from sc[r*C + c], and end reduced into y
+// (when k1 == K) or back in sc, so that long rows can be cut into chunks whose weights stay in L1.
 PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
-                      size_t ws, int64_t K, const float *bias) {
+                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first) {
     __m512 acc[TR][GEMV_ROWS];
-    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
+    PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+        acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps((const float *)&sc[r * C + c]);
+    int64_t k = k0;
+    for (; k + 16 <= k1; k += 16) {
         __m512 xv[TR];
         PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + r * ldx + k);
         PERI_UNROLL for (int c = 0; c < C; c++) {
@@ -49,14 +52,19 @@ PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *
             PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+    if (k < k1) {
+        __mmask16 m = (__mmask16)((1u << (k1 - k)) - 1);
         __m512 xv[TR];
         PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(m, x + r * ldx + k);
         PERI_UNROLL for (int c = 0; c < C; c++) {
             __m512 wv = ld_w_mask(wt, w + (size_t)c * ws, k, m);
             PERI_UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
+    }
+    if (k1 < K) {
+        PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
+            _mm512_store_ps((float *)&sc[r * C + c], acc[r][c]);
+        return;
     }
     PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
         y[r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]) + (bias ? bias[c] : 0.0f);
@@ -65,6 +73,7 @@ PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *
 // x rows per block of the prefill loop: 32 rows of up to ~16k floats stay in L2 while this thread's weight
 // tiles pass over them.
 #define XBLOCK 32
+#define KC 256 // floats of K per chunk: TC weight rows of it fit in L1
 
 PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t xstride, const void *wv,
                          size_t ws, int64_t K, int64_t m, int64_t n, const float *bias) {
@@ -74,23 +83,39 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #define B(j) (bias ? bias + (j) : NULL)
     if (n == 1) {
         int64_t j = 0;
-        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS) tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
-        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
-        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, K, B(j));
+        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS)
+            tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
+        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
+        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
         return;
     }
+    // Prefill: for a block of x rows (kept in L2) and a tile of TC weight rows, walk K in chunks of KC so
+    // the weight chunk stays in L1 while every x tile of the block passes over it; partial sums wait in sc.
+    __m512 sc[XBLOCK * TC];
     for (int64_t i0 = 0; i0 < n; i0 += XBLOCK) {
         int64_t i1 = i0 + XBLOCK < n ? i0 + XBLOCK : n;
-        int64_t j = 0;
-        for (; j + TC <= m; j += TC) {
-            int64_t i = i0;
-            for (; i + TR <= i1; i += TR) tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-            for (; i < i1; i++) tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-        }
-        for (; j < m; j++) {
-            int64_t i = i0;
-            for (; i + TR <= i1; i += TR) tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
-            for (; i < i1; i++) tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, K, B(j));
+        for (int64_t j = 0; j < m;) {
+            int full = j + TC <= m;
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                int64_t k1 = K - k0 > KC ? k0 + KC : K;
+                int64_t i = i0;
+                if (full) {
+                    for (; i + TR <= i1; i += TR)
+                        tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                    for (; i < i1; i++)
+                        tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                } else {
+                    for (; i + TR <= i1; i += TR)
+                        tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0), k0 == 0);
+                    for (; i < i1; i++)
+                        tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0), k0 == 0);
+                }
+            }
+            j += full ? TC : 1;
         }
     }
 #undef B
