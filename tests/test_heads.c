@@ -75,7 +75,7 @@ static void run(const char *shared, const char *fix, int pldr) {
     }
     const peri_tensor *it = peri_safetensors_find(&e, "input_ids");
     const int S = (int)it->shape[1], D = peri_model_n_embd(m), K = peri_model_n_outputs(m), head = peri_model_head(m);
-    const int32_t *ids = it->data, *mask = get(&e, "attention_mask");
+    const int32_t *ids = it->data, *mask = (const int32_t *)get(&e, "attention_mask");
     for (int mode = 0; mode < (pldr ? 2 : 1); mode++) {
         const char *sfx = mode ? "_eager" : "";
         float *last = calloc((size_t)2 * S * D, sizeof(float));
