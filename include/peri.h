@@ -196,10 +196,12 @@ PERI_API void peri_sampler_reset(peri_sampler *s);
 PERI_API int peri_tokenizer_load(const char *path, peri_tokenizer **out);
 PERI_API void peri_tokenizer_free(peri_tokenizer *tok);
 // Encodes text into ids (no BOS/EOS added). allow_special: special tokens written in the text are matched
-// as tokens. Returns the count, or minus the size needed.
+// as tokens. Returns the count, or minus the size needed (peri_last_error() is then ""), or a negative
+// status on failure (peri_last_error() says why).
 PERI_API int64_t peri_tokenize(const peri_tokenizer *tok, const char *text, size_t len, peri_token *out,
                                size_t n_max, bool allow_special);
-// Decodes ids into UTF-8 text. Returns the length, or minus the size needed (no NUL is written).
+// Decodes ids into UTF-8 text. Returns the length, or minus the size needed (no NUL is written;
+// peri_last_error() is then ""), or a negative status on failure (with a message).
 PERI_API int64_t peri_detokenize(const peri_tokenizer *tok, const peri_token *ids, size_t n, char *out,
                                  size_t size, bool skip_special);
 PERI_API int32_t peri_tokenizer_n_vocab(const peri_tokenizer *tok);

@@ -376,7 +376,7 @@ int64_t peri_tokenize(const peri_tokenizer *tok, const char *text, size_t len, p
                                               : peri_bpe_encode(tok, text, len, allow_special, &ids);
     if (rc) { free(ids.p); return rc; }
     int64_t n = (int64_t)ids.n;
-    if (ids.n > n_max || (!out && ids.n)) { free(ids.p); return -n; }
+    if (ids.n > n_max || (!out && ids.n)) { free(ids.p); peri_clear_error(); return -n; }
     if (ids.n) memcpy(out, ids.p, ids.n * sizeof *out);
     free(ids.p);
     return n;
@@ -486,7 +486,7 @@ int64_t peri_detokenize(const peri_tokenizer *tok, const peri_token *ids, size_t
     if (!rc) rc = peri_detok_flush(tok, &st, &b);
     if (rc) { free(b.p); return rc; }
     int64_t len = (int64_t)b.n;
-    if (b.n > size || (!out && b.n)) { free(b.p); return -len; }
+    if (b.n > size || (!out && b.n)) { free(b.p); peri_clear_error(); return -len; }
     if (b.n) memcpy(out, b.p, b.n);
     free(b.p);
     return len;
