@@ -16,6 +16,7 @@ int peri_cmd_init(int argc, char **argv);
 int peri_cmd_bench(int argc, char **argv);
 int peri_cmd_tokenize(int argc, char **argv);
 int peri_cmd_detokenize(int argc, char **argv);
+int peri_cmd_serve(int argc, char **argv);
 int peri_cmd_perplexity(int argc, char **argv);
 int peri_cmd_eval(int argc, char **argv);
 int peri_cmd_convert(int argc, char **argv);

@@ -16,6 +16,7 @@ static const struct {
     {"bench", peri_cmd_bench, "measure prefill and decode speed"},
     {"tokenize", peri_cmd_tokenize, "text to token ids"},
     {"detokenize", peri_cmd_detokenize, "token ids to text"},
+    {"serve", peri_cmd_serve, "OpenAI-compatible HTTP server with a chat page"},
     {"perplexity", peri_cmd_perplexity, "perplexity of a text (llama-perplexity chunks or HF strided windows)"},
     {"eval", peri_cmd_eval, "zero-shot benchmarks with lm-evaluation-harness semantics"},
     {"convert", peri_cmd_convert, "Hugging Face folder to GGUF (PLM as llama.cpp writes it, PLDR-LLM)"},
