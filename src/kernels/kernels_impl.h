@@ -33,7 +33,6 @@ struct peri_kernel_set {
     void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
     void (*softmax)(float *x, int64_t n);
     void (*silu_row)(float *y, const float *x, int64_t n);
-    float (*sum)(const float *x, int64_t n);     // for the bandwidth probe
 };
 
 extern const struct peri_kernel_set peri_kset_ref;
@@ -47,8 +46,6 @@ extern const struct peri_kernel_set peri_kset_neon;
 
 // The set in use (never NULL).
 const struct peri_kernel_set *peri_kernels_current(void);
-
-float peri_sum_ref(const float *x, int64_t n);
 
 // Loop helpers for the fixed-size register tiles (full unrolling keeps accumulators in registers).
 #if defined(__clang__)

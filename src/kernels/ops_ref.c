@@ -145,12 +145,6 @@ void peri_silu_row_ref(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = peri_silu(x[i]);
 }
 
-float peri_sum_ref(const float *x, int64_t n) {
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) s += x[i];
-    return s;
-}
-
 // All mm entries NULL: the dispatcher's generic path then calls each type's dot_f32, the reference.
 const struct peri_kernel_set peri_kset_ref = {
     .name = "ref",
@@ -162,5 +156,4 @@ const struct peri_kernel_set peri_kset_ref = {
     .rmsnorm = peri_rmsnorm_ref,
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
-    .sum = peri_sum_ref,
 };

@@ -180,7 +180,6 @@ const struct peri_kernel_set peri_kset_neon = {
     .rmsnorm = rmsnorm,
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
-    .sum = sum,
 };
 
 #else

@@ -296,7 +296,6 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .silu_row = silu_row,
-    .sum = sum,
 };
 
 #else

@@ -280,7 +280,6 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .silu_row = silu_row,
-    .sum = sum,
 };
 
 #else
