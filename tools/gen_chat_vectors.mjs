@@ -260,6 +260,12 @@ const snippets = [
     "{% unknown_tag %}",
     "{{ x.y.z }}|{{ x['y'] }}|[{{ undefined_thing|string if false }}]",
     "{{ [] | first }}",
+    "{{ -0 }}|{{ -0 * 1.5 }}|{{ 0 * -2 * 1.5 }}|{{ -5 % 5 * 1.0 }}|{{ 1 / -0 }}|{{ 7 % 0 }}|{{ 7 // 0 }}|{{ -0|tojson }}",
+    "{% for i in range(undefined_v) %}{{ i }}{% endfor %}|{% for i in range(2, undefined_v) %}{{ i }}{% endfor %}|{{ range(1, 5, 2, 9) }}",
+    "{% macro m(n, n) %}{% endmacro %}x",
+    "{{ []|selectattr('role', 'no_such_test')|list }}",
+    "{{ 'ÀÉÎõü ßſ ǅ ΣΑΣ İi'|upper }}|{{ 'ÀÉÎõü ǅ ΣΑΣ İi'|lower }}|{{ 'élan vital'|capitalize }}|{{ 'éa b-c'|title }}|{{ 'ÉÉ' is upper }}",
+    "{{ 'a  b\u3000c\u00a0d'.split() }}|{{ '\u2003 trim \ufeff'|trim }}|[{{ '\u2028x'.lstrip() }}]",
 ];
 for (let i = 0; i < snippets.length; i++) {
     const msgs = [S("sys"), U("hello"), A("hi"), U("bye")];

@@ -29,6 +29,7 @@ typedef struct jfn jfn;
 
 typedef struct val {
     uint8_t t;
+    bool nz;   // V_INT: JavaScript's -0 (prints as 0, but keeps its sign in float arithmetic)
     union {
         bool b;
         int64_t i;
@@ -623,7 +624,10 @@ static bool truthy(val v) {
 }
 
 static bool is_num(val v) { return v.t == V_INT || v.t == V_FLOAT; }
-static double num_of(val v) { return v.t == V_INT ? (double)v.i : v.t == V_FLOAT ? v.f : v.t == V_BOOL ? v.b : 0; }
+static double num_of(val v) {
+    if (v.t == V_INT) return v.nz ? -0.0 : (double)v.i;
+    return v.t == V_FLOAT ? v.f : v.t == V_BOOL ? v.b : 0;
+}
 
 // ToNumber of a string (StringToNumber of ECMAScript).
 static double js_str_to_num(const char *s, size_t n) {
@@ -911,6 +915,24 @@ static size_t utf8_decode(const char *s, size_t n, size_t i, uint32_t *cp) {
     return l;
 }
 
+static bool is_cased(uint32_t cp) {
+    return case_lookup(jn_upper, jn_upper_n, cp) || case_lookup(jn_lower, jn_lower_n, cp);
+}
+
+// Final_Sigma of toLowerCase: a capital sigma after a cased letter and not before one becomes 'ς'.
+// (Approximated: the neighbours are the adjacent characters, without skipping case-ignorable ones.)
+static bool final_sigma(val s, size_t i, size_t l) {
+    if (i == 0) return false;
+    size_t j = i - 1;
+    while (j > 0 && ((unsigned char)s.s.p[j] & 0xC0) == 0x80) j--;
+    uint32_t prev, next;
+    utf8_decode(s.s.p, s.s.n, j, &prev);
+    if (!is_cased(prev)) return false;
+    if (i + l >= s.s.n) return true;
+    utf8_decode(s.s.p, s.s.n, i + l, &next);
+    return !is_cased(next);
+}
+
 // mode 0 upper, 1 lower (whole string, Unicode), 2 title (the reference's /\b\w/ is ASCII), 3 capitalize
 // (first character only).
 static int str_case(jn_ctx *c, val s, int mode, val *out) {
@@ -922,6 +944,7 @@ static int str_case(jn_ctx *c, val s, int mode, val *out) {
         size_t l = utf8_decode(s.s.p, s.s.n, i, &cp);
         const char *to = NULL;
         if (mode == 0 || (mode == 3 && i == 0 && cp < 0x10000)) to = case_lookup(jn_upper, jn_upper_n, cp);
+        else if (mode == 1 && cp == 0x3A3 && final_sigma(s, i, l)) to = "\xcf\x82";
         else if (mode == 1) to = case_lookup(jn_lower, jn_lower_n, cp);
         else if (mode == 2 && cp >= 'a' && cp <= 'z' && (i == 0 || !is_word_char(s.s.p[i - 1])))
             to = case_lookup(jn_upper, jn_upper_n, cp);
@@ -1590,6 +1613,10 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
             if (a.npos == 0) return fail(c, PERI_E_FORMAT, "selectattr/rejectattr need an attribute name");
             val attr = a.pos[0];
             const val *cmp = a.npos > 2 ? &a.pos[2] : NULL;
+            if (a.npos > 1) {   // an unknown test fails even on an empty list
+                bool ignored;
+                TRY(run_test(c, a.pos[1].s.p, a.pos[1].s.n, mk_str("", 0), &a.pos[1], &ignored));
+            }
             jarr *r;
             TRY(new_array(c, arr->n, &r));
             TRY(cost(c, arr->n));
@@ -1701,12 +1728,23 @@ static int call_macro(jn_ctx *c, const jn_node *m, args_t *a, env *caller, val *
     return sb_take(c, &b, out);
 }
 
+// range(start, stop, step) as the reference's JavaScript: a missing or undefined stop makes the one-argument
+// form, extra arguments are ignored, and an undefined bound gives an empty range.
 static int call_range(jn_ctx *c, const args_t *a, val *out) {
-    if (a->kw || a->npos < 1 || a->npos > 3) return fail(c, PERI_E_FORMAT, "range() takes 1 to 3 integers");
-    for (size_t i = 0; i < a->npos; i++)
-        if (a->pos[i].t != V_INT) return fail(c, PERI_E_UNSUPPORTED, "range() takes integers, not %s", type_name(a->pos[i]));
-    int64_t start = a->npos > 1 ? a->pos[0].i : 0, stop = a->npos > 1 ? a->pos[1].i : a->pos[0].i;
-    int64_t step = a->npos > 2 ? a->pos[2].i : 1;
+    if (a->kw || a->npos < 1) return fail(c, PERI_E_FORMAT, "range() takes 1 to 3 integers");
+    val v0 = a->pos[0], v1 = a->npos > 1 ? a->pos[1] : UNDEF, v2 = a->npos > 2 ? a->pos[2] : UNDEF;
+    val vstart = v1.t == V_UNDEF ? mk_int(0) : v0, vstop = v1.t == V_UNDEF ? v0 : v1;
+    val vstep = v2.t == V_UNDEF ? mk_int(1) : v2;
+    jarr *r;
+    if (vstart.t == V_UNDEF || vstop.t == V_UNDEF) {
+        if (vstep.t == V_INT && vstep.i == 0) return fail(c, PERI_E_FORMAT, "range() step must not be zero");
+        TRY(new_array(c, 0, &r));
+        *out = (val){.t = V_ARRAY, .a = r};
+        return 0;
+    }
+    if (vstart.t != V_INT || vstop.t != V_INT || vstep.t != V_INT)
+        return fail(c, PERI_E_UNSUPPORTED, "range() takes integers");
+    int64_t start = vstart.i, stop = vstop.i, step = vstep.i;
     if (step == 0) return fail(c, PERI_E_FORMAT, "range() step must not be zero");
     double cnt = step > 0 ? ceil(((double)stop - (double)start) / (double)step)
                           : ceil(((double)start - (double)stop) / -(double)step);
@@ -1717,7 +1755,6 @@ static int call_range(jn_ctx *c, const args_t *a, val *out) {
     if (c->iterations > PERI_CHAT_MAX_ITERATIONS)
         return fail(c, PERI_E_NOMEM, "more than %d loop iterations (range() items included); the template loops too much",
                     PERI_CHAT_MAX_ITERATIONS);
-    jarr *r;
     TRY(new_array(c, (size_t)cnt, &r));
     TRY(cost(c, (uint64_t)cnt));
     for (size_t i = 0; i < r->n; i++) r->v[i] = mk_int(start + (int64_t)i * step);
@@ -1807,28 +1844,36 @@ static int call_fn(jn_ctx *c, val fv, args_t *a, env *e, val *out) {
 
 // ---- expressions ------------------------------------------------------------------------------------------
 
-static int arith_int(jn_ctx *c, int op, int64_t x, int64_t y, val *out) {
-    int64_t r;
+static int arith_int(jn_ctx *c, int op, val l, val r, val *out) {
+    int64_t x = l.i, y = r.i, res;
+    double dx = num_of(l), dy = num_of(r), dres;
     bool ovf = false;
     switch (op) {
-    case JOP_ADD: ovf = __builtin_add_overflow(x, y, &r); break;
-    case JOP_SUB: ovf = __builtin_sub_overflow(x, y, &r); break;
-    case JOP_MUL: ovf = __builtin_mul_overflow(x, y, &r); break;
+    case JOP_ADD: ovf = __builtin_add_overflow(x, y, &res); dres = dx + dy; break;
+    case JOP_SUB: ovf = __builtin_sub_overflow(x, y, &res); dres = dx - dy; break;
+    case JOP_MUL: ovf = __builtin_mul_overflow(x, y, &res); dres = dx * dy; break;
     case JOP_FLOORDIV:
     case JOP_MOD:
-        if (y == 0) return fail(c, PERI_E_FORMAT, "integer division or modulo by zero");
-        if (x == INT64_MIN && y == -1) { ovf = true; r = 0; break; }
-        if (op == JOP_MOD) r = x % y;   // JavaScript's %: the sign of the dividend
-        else {
-            r = x / y;
-            if ((x % y != 0) && ((x < 0) != (y < 0))) r--;
+        if (y == 0) {   // JavaScript gives NaN or Infinity, which print the same as these floats
+            *out = mk_float(op == JOP_MOD ? NAN : floor(dx / dy));
+            return 0;
+        }
+        if (x == INT64_MIN && y == -1) { ovf = true; res = 0; dres = 0; break; }
+        if (op == JOP_MOD) {   // JavaScript's %: the sign of the dividend
+            res = x % y;
+            dres = fmod(dx, dy);
+        } else {
+            res = x / y;
+            if ((x % y != 0) && ((x < 0) != (y < 0))) res--;
+            dres = floor(dx / dy);
         }
         break;
     default: return fail(c, PERI_E_FORMAT, "bad integer operator");
     }
-    if (ovf || r > 9007199254740992LL || r < -9007199254740992LL)
+    if (ovf || res > 9007199254740992LL || res < -9007199254740992LL)
         return fail(c, PERI_E_FORMAT, "integer overflow (results beyond 2^53 are not supported)");
-    *out = mk_int(r);
+    *out = mk_int(res);
+    out->nz = res == 0 && signbit(dres);
     return 0;
 }
 
@@ -1894,13 +1939,13 @@ static int eval_binary(jn_ctx *c, const jn_node *nd, env *e, val *out) {
         case JOP_ADD:
         case JOP_SUB:
         case JOP_MUL:
-            if (!fl) return arith_int(c, op, l.i, r.i, out);
+            if (!fl) return arith_int(c, op, l, r, out);
             *out = mk_float(op == JOP_ADD ? x + y : op == JOP_SUB ? x - y : x * y);
             return 0;
         case JOP_DIV: *out = mk_float(x / y); return 0;
         case JOP_FLOORDIV:
         case JOP_MOD:
-            if (!fl) return arith_int(c, op, l.i, r.i, out);
+            if (!fl) return arith_int(c, op, l, r, out);
             *out = mk_float(op == JOP_MOD ? fmod(x, y) : floor(x / y));
             return 0;
         case JOP_LT: *out = mk_bool(x < y); return 0;
@@ -1945,7 +1990,7 @@ static int eval_binary(jn_ctx *c, const jn_node *nd, env *e, val *out) {
 static int eval_inner(jn_ctx *c, const jn_node *nd, env *e, val *out) {
     switch (nd->kind) {
     case JN_STR: *out = mk_str(nd->s, nd->n); return 0;
-    case JN_INT: *out = mk_int(nd->i); return 0;
+    case JN_INT: *out = mk_int(nd->i); out->nz = nd->flag; return 0;
     case JN_FLOAT: *out = mk_float(nd->f); return 0;
     case JN_ARRAY:
     case JN_TUPLE: {
@@ -2005,6 +2050,7 @@ static int eval_inner(jn_ctx *c, const jn_node *nd, env *e, val *out) {
             int64_t x = v.t == V_BOOL ? v.b : v.i;
             if (x == INT64_MIN) return fail(c, PERI_E_FORMAT, "integer overflow");
             *out = mk_int(sign * x);
+            out->nz = x == 0 && (sign < 0) != (v.t == V_INT && v.nz);
             return 0;
         }
         return fail(c, PERI_E_FORMAT, "unary '%s' on a %s", sign < 0 ? "-" : "+", type_name(v));

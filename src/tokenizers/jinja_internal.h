@@ -34,7 +34,7 @@ enum {
 };
 
 // One node type for all: which fields mean what depends on kind (see the parser).
-//   STR s,n | INT i | FLOAT f | ARRAY/TUPLE list | DICT list=keys list2=values | IDENT s,n
+//   STR s,n | INT i (flag: the literal -0) | FLOAT f | ARRAY/TUPLE list | DICT list=keys list2=values | IDENT s,n
 //   CALL a=callee list=args | MEMBER a=object b=property flag=computed | SLICE a:b:c3
 //   UNARY op a | BINARY op a b | FILTER a=operand s,n=name flag=called list=args | TEST a s,n flag=negate
 //   SELECT a=test b=value | TERNARY a=test b=then c3=else | KWARG s,n=name a=value | OUTPUT a

@@ -599,6 +599,10 @@ static int parse_args(parser *p, bool params, jn_node ***list, size_t *n) {
         } else if (params && a->kind != JN_IDENT) {
             return jn_fail(p->c, PERI_E_FORMAT, pos, "expected a parameter name");
         }
+        if (params)
+            for (size_t k = 0; k < v.n; k++)
+                if (v.v[k]->n == a->n && !memcmp(v.v[k]->s, a->s, a->n))
+                    return jn_fail(p->c, PERI_E_FORMAT, pos, "duplicate parameter name '%.*s'", (int)a->n, a->s);
         if (nvec_push(p, &v, a)) return p->c->status;
         if (is_type(p, JT_COMMA)) p->i++;
     }
@@ -698,6 +702,7 @@ static int parse_primary(parser *p, jn_node **out) {
             if (d > 9007199254740992.0 || d < -9007199254740992.0)
                 return jn_fail(p->c, PERI_E_UNSUPPORTED, t->pos, "integer literal %s is beyond 2^53", buf);
             nd->i = (int64_t)d;
+            nd->flag = d == 0 && buf[0] == '-';   // the literal -0 (a JavaScript number with its sign)
         }
         break;
     }
