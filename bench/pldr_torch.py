@@ -134,7 +134,9 @@ def main():
         for i in range(a.n):
             m.forward(ids[a.p + i : a.p + i + 1], cache)
         best_tg = min(best_tg, time.perf_counter() - t0)
-    print(f"torch {torch.__version__}, threads {a.t}, BLAS: {'openblas' if 'openblas' in torch.__config__.show().lower() else 'other'}")
+    import os
+    blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3")  # Debian's torch uses the system BLAS
+    print(f"torch {torch.__version__}, threads {a.t}, BLAS: {blas}")
     print(f"prefill pp{a.p}: {a.p / best_pp:.1f} tokens/s ({best_pp:.3f} s)")
     print(f"decode tg{a.n} at depth {a.p}: {a.n / best_tg:.2f} tokens/s ({1e3 * best_tg / a.n:.2f} ms/token)")
 
