@@ -192,6 +192,15 @@ static void test_rows_level(void) {
         peri_silu_row(y1, y2, n);
         peri_silu_row_ref(y2, y2, n); // in place
         for (int64_t i = 0; i < n; i++) ok_silu &= close_rel(y1[i], y2[i], 1e-6, 1e-30);
+        // swiglu, also in place over either input
+        for (int64_t i = 0; i < n; i++) y2[i] = a[i] * 30.0f;
+        peri_swiglu(y1, y2, b, n);
+        memcpy(c, y2, sizeof(float) * (size_t)n);
+        peri_swiglu_ref(c, c, b, n);
+        for (int64_t i = 0; i < n; i++) ok_silu &= close_rel(y1[i], c[i], 1e-6, 1e-30);
+        memcpy(c, b, sizeof(float) * (size_t)n);
+        peri_swiglu(c, y2, c, n);
+        for (int64_t i = 0; i < n; i++) ok_silu &= close_rel(c[i], y1[i], 1e-6, 1e-30);
         free(a), free(b), free(w), free(c), free(y1), free(y2);
     }
     // Edge values of silu: large magnitudes, zero, nan.
@@ -205,7 +214,7 @@ static void test_rows_level(void) {
     CHECKF(ok_axpy, "axpy at level %s", lvl);
     CHECKF(ok_norm, "rmsnorm/layernorm at level %s", lvl);
     CHECKF(ok_sm, "softmax at level %s", lvl);
-    CHECKF(ok_silu, "silu at level %s", lvl);
+    CHECKF(ok_silu, "silu/swiglu at level %s", lvl);
 }
 
 // PERI_KERNELS is read at the first use: check it in a child process.

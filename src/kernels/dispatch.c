@@ -91,6 +91,7 @@ void peri_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps
 }
 void peri_softmax(float *x, int64_t n) { peri_kernels_current()->softmax(x, n); }
 void peri_silu_row(float *y, const float *x, int64_t n) { peri_kernels_current()->silu_row(y, x, n); }
+void peri_swiglu(float *y, const float *a, const float *b, int64_t n) { peri_kernels_current()->swiglu(y, a, b, n); }
 
 // ---- matmul -----------------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ struct peri_kernel_set {
     void (*rmsnorm)(float *y, const float *x, const float *w, int64_t n, float eps);
     void (*softmax)(float *x, int64_t n);
     void (*silu_row)(float *y, const float *x, int64_t n);
+    void (*swiglu)(float *y, const float *a, const float *b, int64_t n);
 };
 
 extern const struct peri_kernel_set peri_kset_ref;

@@ -32,6 +32,7 @@ void peri_softmax_ref(float *x, int64_t n);   // in place, max-subtracted, float
 static inline float peri_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }
 void peri_axpy_ref(float *y, float a, const float *x, int64_t n);   // y += a * x
 void peri_silu_row_ref(float *y, const float *x, int64_t n);       // y = silu(x); y may equal x
+void peri_swiglu_ref(float *y, const float *a, const float *b, int64_t n); // y = silu(a) * b; y may equal a or b
 
 // Dispatched versions of the helpers above (same contracts; results within the tolerances of
 // docs/kernels.md of the _ref versions, since SIMD sums in a different order).
@@ -41,6 +42,7 @@ void peri_layernorm(float *y, const float *x, const float *w, const float *b, in
 void peri_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
 void peri_softmax(float *x, int64_t n);
 void peri_silu_row(float *y, const float *x, int64_t n);
+void peri_swiglu(float *y, const float *a, const float *b, int64_t n);
 
 // RoPE on one head vector of dim d (rotating `n_rot` leading dims, n_rot <= d), position pos, base theta.
 //   interleaved (GPT-J / ggml NORM): pairs (2i, 2i+1);  half (NeoX): pairs (i, i + n_rot/2).

@@ -145,6 +145,10 @@ void peri_silu_row_ref(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = peri_silu(x[i]);
 }
 
+void peri_swiglu_ref(float *y, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = peri_silu(a[i]) * b[i];
+}
+
 // All mm entries NULL: the dispatcher's generic path then calls each type's dot_f32, the reference.
 const struct peri_kernel_set peri_kset_ref = {
     .name = "ref",
@@ -156,4 +160,5 @@ const struct peri_kernel_set peri_kset_ref = {
     .rmsnorm = peri_rmsnorm_ref,
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
+    .swiglu = peri_swiglu_ref,
 };

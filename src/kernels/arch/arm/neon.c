@@ -164,7 +164,7 @@ static void layernorm(float *y, const float *x, const float *w, const float *b, 
     for (; i < n; i++) y[i] = (x[i] - mean) * rs * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
 }
 
-// softmax and silu stay scalar here (expf dominates; a NEON exp can follow the x86 one).
+// softmax, silu and swiglu stay scalar here (expf dominates; a NEON exp can follow the x86 one).
 const struct peri_kernel_set peri_kset_neon = {
     .name = "neon",
     .level = PERI_KERNELS_NEON,
@@ -180,6 +180,7 @@ const struct peri_kernel_set peri_kset_neon = {
     .rmsnorm = rmsnorm,
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
+    .swiglu = peri_swiglu_ref,
 };
 
 #else

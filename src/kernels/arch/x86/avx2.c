@@ -275,6 +275,18 @@ static void silu_row(float *y, const float *x, int64_t n) {
     for (; i < n; i++) y[i] = peri_silu(x[i]);
 }
 
+static void swiglu(float *y, const float *a, const float *b, int64_t n) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(a + i);
+        __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(b + i)));
+    }
+    for (; i < n; i++) y[i] = peri_silu(a[i]) * b[i];
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -296,6 +308,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .silu_row = silu_row,
+    .swiglu = swiglu,
 };
 
 #else

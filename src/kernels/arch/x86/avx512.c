@@ -259,6 +259,17 @@ static void silu_row(float *y, const float *x, int64_t n) {
     }
 }
 
+static void swiglu(float *y, const float *a, const float *b, int64_t n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = i + 16 <= n ? 0xffff : tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, a + i);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        __m512 s = _mm512_div_ps(v, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, b + i)));
+    }
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -280,6 +291,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .silu_row = silu_row,
+    .swiglu = swiglu,
 };
 
 #else
