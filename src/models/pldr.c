@@ -192,9 +192,13 @@ static int pldr_match(const peri_weights *w) {
 }
 
 static int pldr_load(peri_model *m) {
-    if (m->w.gguf)
-        return peri_fail(PERI_E_UNSUPPORTED, "PLDR-LLM GGUF files are not supported yet; use the Hugging Face folder "
-                         "(config.json + model.safetensors)");
+    if (m->w.gguf && !m->w.config) {
+        // arch "pldrllm" GGUF (src/models/pldr_gguf.c): the config.json tree from pldrllm.config.* keys, owned
+        // (and freed) by the weights; tensors keep their Hugging Face names.
+        int peri_pldr_config_from_gguf(const peri_gguf *g, json_value **out);
+        int grc = peri_pldr_config_from_gguf(m->w.gguf, &m->w.config);
+        if (grc) return grc;
+    }
     pldr_model *p = peri_model_alloc(m, sizeof *p);
     if (!p) return PERI_E_NOMEM;
     m->arch = p;
@@ -414,8 +418,17 @@ static void glu_forward(peri_pool *pool, const pldr_glu *g, float *out, const fl
                         int64_t n, int64_t hidden) {
     peri_matmul(pool, t1, in, g->w1, g->b1, n);
     peri_matmul(pool, t2, in, g->w2, g->b2, n);
-    for (int64_t i = 0; i < n * hidden; i++) t1[i] = peri_silu(t1[i]) * t2[i];
+    peri_swiglu(t1, t1, t2, n * hidden);
     peri_matmul(pool, out, t1, g->w3, g->b3, n);
+}
+
+// C = A B for d x d matrices, row by row with the SIMD axpy.
+static void gemm_rows(float *C, const float *A, const float *B, int d) {
+    for (int i = 0; i < d; i++) {
+        float *c = C + (size_t)i * d;
+        memset(c, 0, sizeof(float) * (size_t)d);
+        for (int k = 0; k < d; k++) peri_axpy(c, A[(size_t)i * d + k], B + (size_t)k * d, d);
+    }
 }
 
 // The metric learner and PLGA for `ns` sequences that are prefilling in this call, from their A_raw:
@@ -431,7 +444,7 @@ static void learn_G(peri_context *c, int l, const int *seqs, int ns) {
     for (int s = 0; s < ns; s++) {
         const float *raw = x->g_A_raw + (size_t)seqs[s] * gsz + (size_t)l * hdd;
         for (int64_t r = 0; r < (int64_t)H * d; r++)
-            peri_layernorm_ref(x->lA + ((size_t)s * H * d + r) * d, raw + r * d, ly->lnA_w, ly->lnA_b, d, p->eps);
+            peri_layernorm(x->lA + ((size_t)s * H * d + r) * d, raw + r * d, ly->lnA_w, ly->lnA_b, d, p->eps);
     }
     // residual units: A = LN_r(GLU_n(...GLU_1(A)) + A)
     for (int r = 0; r < p->n_res; r++) {
@@ -445,8 +458,8 @@ static void learn_G(peri_context *c, int l, const int *seqs, int ns) {
         for (int64_t i = 0; i < R; i++) {
             float *row = x->lA + i * d;
             const float *in = x->lin + i * d;
-            for (int j = 0; j < d; j++) row[j] += in[j];
-            peri_layernorm_ref(row, row, ly->res_ln_w[r], ly->res_ln_b[r], d, p->eps);
+            peri_axpy(row, 1.0f, in, d);
+            peri_layernorm(row, row, ly->res_ln_w[r], ly->res_ln_b[r], d, p->eps);
         }
     }
     // PLGA per head: A_LM = iSwiGLU(W@A + b) + 1e-9, A_P = A_LM^pw, G = a@A_P + ba
@@ -456,13 +469,13 @@ static void learn_G(peri_context *c, int l, const int *seqs, int ns) {
         memcpy(A, x->lA + (size_t)s * hdd, sizeof(float) * hdd);
         for (int h = 0; h < H; h++) {
             size_t ho = (size_t)h * d * d;
-            peri_gemm_f32_ref(ALM + ho, ly->W + ho, A + ho, d, d, d, 0);
+            gemm_rows(ALM + ho, ly->W + ho, A + ho, d);
             for (int i = 0; i < d * d; i++) {
                 float z = ALM[ho + i] + ly->b[ho + i];
                 ALM[ho + i] = z * peri_silu(z) + 1e-9f;
                 AP[ho + i] = powf(ALM[ho + i], ly->pw[ho + i]);
             }
-            peri_gemm_f32_ref(G + ho, ly->a + ho, AP + ho, d, d, d, 0);
+            gemm_rows(G + ho, ly->a + ho, AP + ho, d);
             for (int i = 0; i < d * d; i++) G[ho + i] += ly->ba[ho + i];
         }
     }
@@ -502,18 +515,14 @@ static void attn_task(void *arg, int ith, int nth) {
             const size_t t = (size_t)r * S + i;
             const float *qv = x->q + t * D + (size_t)h * d;
             // qG[b] = sum_a q[a] G[a][b]
-            for (int bb = 0; bb < d; bb++) qg[bb] = 0;
-            for (int a = 0; a < d; a++) {
-                const float qa = qv[a];
-                const float *Gr = G + (size_t)a * d;
-                for (int bb = 0; bb < d; bb++) qg[bb] += qa * Gr[bb];
-            }
+            memset(qg, 0, sizeof(float) * (size_t)d);
+            for (int a = 0; a < d; a++) peri_axpy(qg, qv[a], G + (size_t)a * d, d);
             const int n_keys = past + i + 1;   // causal: keys 0..past+i
             float mx = -INFINITY;
             int any = 0;
             for (int j = 0; j < n_keys; j++) {
                 if (!ok[j]) { sc[j] = -INFINITY; continue; }
-                sc[j] = peri_dot_ref(qg, K + (size_t)j * D + (size_t)h * d, d) * scale;
+                sc[j] = peri_dot(qg, K + (size_t)j * D + (size_t)h * d, d) * scale;
                 if (sc[j] > mx) mx = sc[j];
                 any = 1;
             }
@@ -524,10 +533,7 @@ static void attn_task(void *arg, int ith, int nth) {
                 // gives a uniform softmax over all keys of this call, future and padding keys included.
                 if (c->params.attn == PERI_ATTN_EAGER) {
                     const int n_all = past + S;
-                    for (int j = 0; j < n_all; j++) {
-                        const float *vv = V + (size_t)j * D + (size_t)h * d;
-                        for (int e = 0; e < d; e++) out[e] += vv[e];
-                    }
+                    for (int j = 0; j < n_all; j++) peri_axpy(out, 1.0f, V + (size_t)j * D + (size_t)h * d, d);
                     for (int e = 0; e < d; e++) out[e] /= (float)n_all;
                 }
                 continue;
@@ -540,9 +546,7 @@ static void attn_task(void *arg, int ith, int nth) {
             const float inv = 1.0f / sum;
             for (int j = 0; j < n_keys; j++) {
                 if (sc[j] == 0.0f) continue;
-                const float w = sc[j] * inv;
-                const float *vv = V + (size_t)j * D + (size_t)h * d;
-                for (int e = 0; e < d; e++) out[e] += w * vv[e];
+                peri_axpy(out, sc[j] * inv, V + (size_t)j * D + (size_t)h * d, d);
             }
         }
     }
@@ -579,7 +583,7 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
         float *row = x->x + t * D;
         peri_get_row(p->emb, b->tokens[t], row);
         for (int i = 0; i < D; i++) row[i] *= emb_scale;
-        peri_layernorm_ref(row, row, p->ln_emb_w, p->ln_emb_b, D, p->eps);
+        peri_layernorm(row, row, p->ln_emb_w, p->ln_emb_b, D, p->eps);
     }
     for (int r = 0; r < n_seq; r++) emit(c, "embed_ln", seq[r], x->x + (size_t)r * S * D, 2, S, D, 0);
 
@@ -624,10 +628,7 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
                     for (int h = 0; h < H; h++) {
                         const float *qh = qt + (size_t)h * d;
                         float *Ah = raw + (size_t)h * d * d;
-                        for (int a = 0; a < d; a++) {
-                            const float qa = qh[a];
-                            for (int e = 0; e < d; e++) Ah[(size_t)a * d + e] += qa * qh[e];
-                        }
+                        for (int a = 0; a < d; a++) peri_axpy(Ah + (size_t)a * d, qh[a], qh, d);
                     }
                 }
             }
@@ -658,14 +659,14 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
             float *hr = x->h + t * D;
             const float *xr = x->x + t * D, *ar = x->t + t * D;
             for (int i = 0; i < D; i++) hr[i] = xr[i] + ar[i];
-            peri_layernorm_ref(hr, hr, ly->ln1_w, ly->ln1_b, D, p->eps);
+            peri_layernorm(hr, hr, ly->ln1_w, ly->ln1_b, D, p->eps);
         }
         glu_forward(c->pool, &ly->ffn, x->t, x->h, x->f1, x->f2, N, p->F);
         for (int64_t t = 0; t < N; t++) {
             float *xr = x->x + t * D;
             const float *hr = x->h + t * D, *fr = x->t + t * D;
             for (int i = 0; i < D; i++) xr[i] = hr[i] + fr[i];
-            peri_layernorm_ref(xr, xr, ly->ln2_w, ly->ln2_b, D, p->eps);
+            peri_layernorm(xr, xr, ly->ln2_w, ly->ln2_b, D, p->eps);
         }
         if (c->params.tensor_cb) {
             char nm[64];
