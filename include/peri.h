@@ -107,6 +107,10 @@ enum peri_attn_semantics {
 typedef void (*peri_tensor_cb)(const char *name, int32_t seq, const float *data, int32_t n_dims,
                                const int64_t *shape, void *user_data);
 
+// Element type of the attention caches. PERI_KV_DEFAULT is the architecture's choice: F16 for PLM (latent and
+// full caches, as llama.cpp's default), F32 for PLDR-LLM (which has no F16 cache and ignores this field).
+enum peri_kv_type { PERI_KV_DEFAULT = 0, PERI_KV_F32 = 1, PERI_KV_F16 = 2 };
+
 struct peri_context_params {
     int32_t n_ctx;        // tokens per sequence (0 = the model's training context)
     int32_t n_seq_max;    // sequences (batch rows / server slots)
@@ -118,6 +122,7 @@ struct peri_context_params {
     bool logits_all;      // allow peri_batch.logits_all (the logits buffer then holds n_batch rows per
                           // sequence instead of one)
     bool kv_full;         // PLM: cache expanded K/V as llama.cpp does (default: latent cache)
+    int32_t kv_type;      // enum peri_kv_type
     bool cache_first_G;   // PLDR-LLM: decode rows use sequence 0's G (HF cache_first_G)
 };
 PERI_API struct peri_context_params peri_context_default_params(void);

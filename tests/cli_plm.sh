@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `peri logits` / `peri run` / `peri inspect` on the PLM fixtures: logits and greedy ids against the
-# llama.cpp references in expected.safetensors, in both cache modes.
+# llama.cpp references in expected.safetensors, in both cache modes and both cache types.
 set -u
 S=${PERI_SHARED_DIR:-}
 F=$S/fixtures/plm
@@ -46,12 +46,14 @@ E=$F/plm-tiny/expected.safetensors
 ids=$(st "$E" input_ids); dec=$(st "$E" decode_ids)
 rm -f "$T/want"
 st "$E" prefill_logits_f32 "$T/want"; st "$E" decode_logits_f32 "$T/want"
-for mode in "" "--kv-full"; do
+# F32 caches within the fixture tolerance 1e-3; the default F16 cache within the f16 one, 3e-2.
+for mode in "--kv-f32 1e-3" "--kv-f32 --kv-full 1e-3" "3e-2" "--kv-full 3e-2" "--kv-f16 --kv-full 3e-2"; do
+    tol=${mode##* }; opts=${mode% *}; [ "$opts" = "$tol" ] && opts=
     rm -f "$T/got"
-    if ! "$P" logits -m "$F/plm-tiny/model-f32.gguf" --ids "$ids" --decode-ids "$dec" $mode -t 2 --out "$T/got"; then
-        echo "FAIL: peri logits $mode"; fail=1; continue
+    if ! "$P" logits -m "$F/plm-tiny/model-f32.gguf" --ids "$ids" --decode-ids "$dec" $opts -t 2 --out "$T/got"; then
+        echo "FAIL: peri logits $opts"; fail=1; continue
     fi
-    d=$(python3 "$T/diff.py" "$T/want" "$T/got" 1e-3) || { echo "FAIL: logits $mode differ by $d"; fail=1; }
+    d=$(python3 "$T/diff.py" "$T/want" "$T/got" $tol) || { echo "FAIL: logits $opts differ by $d (tolerance $tol)"; fail=1; }
 done
 
 # Greedy ids (llama.cpp's, margins >= 0.41) from ids.

@@ -74,8 +74,15 @@ static void capture_cb(const char *name, int32_t seq, const float *data, int32_t
 
 // ---- running the model ---------------------------------------------------------------------------------------
 
+// Cache element type of the contexts new_ctx makes: F32 reproduces the references to fp32 noise; the F16
+// default is checked separately with the fixtures' f16 tolerance (F16_TOL).
+static int g_kv_type = PERI_KV_F32;
+// llama.cpp's F16 cache moves these logits by 5e-3 to 1.2e-2 (fixtures README); their f16 tolerance.
+#define F16_TOL 3e-2
+
 static peri_context *new_ctx(peri_model *m, bool full, peri_tensor_cb cb, void *ud, int n_seq) {
     struct peri_context_params cp = peri_context_default_params();
+    cp.kv_type = g_kv_type;
     cp.n_ctx = peri_model_n_ctx_train(m) < 64 ? peri_model_n_ctx_train(m) : 64;
     cp.n_threads = g_threads;
     cp.kv_full = full;
@@ -107,6 +114,7 @@ struct expect {
     double greedy_tol;             // compare greedy ids while the reference margin exceeds 2x this
     bool argmax_vs_prefill0;       // check argmax agreement with prefill[0] where its own margin is clear
     bool layer0;                   // compare the layer intermediates (f32 weights only)
+    bool no_f16;                   // skip the F16-cache runs (quantized files: covered by the others)
 };
 
 static void check_layer0(peri_model *m, bool full, const int32_t *ids, int T, const char *what) {
@@ -157,9 +165,22 @@ static void run_model(const char *file, const struct expect *e) {
     CHECK(strcmp(peri_model_arch(m), "plm") == 0);
     const int V = peri_model_n_vocab(m);
     float *lg = malloc(sizeof(float) * (size_t)V * MAX_T);
-    for (int full = 0; full <= 1; full++) {
+    const struct expect e32 = *e;
+    for (int mode = 0; mode < (e32.no_f16 ? 2 : 4); mode++) {
+        // Modes: latent/full with an F32 cache, then latent/full with the default F16 cache, whose tolerance is
+        // the fixtures' f16 one (and greedy ids are compared while the reference margin exceeds twice that).
+        const int full = mode & 1;
+        struct expect ef = e32;
+        g_kv_type = mode < 2 ? PERI_KV_F32 : PERI_KV_DEFAULT;
+        if (mode >= 2) {
+            for (int k = 0; k < 3; k++) ef.prefill_tol[k] = ef.prefill_tol[k] > F16_TOL ? ef.prefill_tol[k] : F16_TOL;
+            for (int k = 0; k < 2; k++) ef.decode_tol[k] = ef.decode_tol[k] > F16_TOL ? ef.decode_tol[k] : F16_TOL;
+            ef.greedy_tol = ef.greedy_tol > F16_TOL ? ef.greedy_tol : F16_TOL;
+            ef.layer0 = false;
+        }
+        e = &ef;
         char what[1300];
-        snprintf(what, sizeof what, "%s [%s cache]", path, full ? "full" : "latent");
+        snprintf(what, sizeof what, "%s [%s %s cache]", path, full ? "full" : "latent", mode < 2 ? "f32" : "f16");
         peri_context *c = new_ctx(m, full, NULL, NULL, 1);
         if (!c) continue;
 
@@ -236,6 +257,7 @@ static void run_model(const char *file, const struct expect *e) {
         peri_context_free(c);
         if (e->layer0) check_layer0(m, full, ids, T, what);
     }
+    g_kv_type = PERI_KV_F32;
     free(lg);
     peri_model_free(m);
 }
@@ -375,6 +397,11 @@ static void check_long_prompt(void) {
             }
             peri_context_free(c);
         }
+        struct peri_context_params bad = peri_context_default_params();
+        bad.kv_type = 7;
+        peri_context *c = NULL;
+        CHECKF(peri_context_init(m, bad, &c) == PERI_E_ARG && !c, "kv_type 7 must be refused");
+        CHECK(strstr(peri_last_error(), "kv_type") != NULL);
         free(one);
         peri_model_free(m);
     }
@@ -422,7 +449,7 @@ int main(void) {
                 snprintf(dc, sizeof dc, "deq_ref_decode_logits_%s", types[i]);
                 snprintf(file, sizeof file, "model-%s.gguf", types[i]);
                 struct expect q = {.prefill = {pr}, .prefill_tol = {1e-3}, .decode = {dc}, .decode_tol = {1e-3},
-                                   .argmax_vs_prefill0 = true};
+                                   .argmax_vs_prefill0 = true, .no_f16 = true};
                 run_model(file, &q);
             }
         }
@@ -443,7 +470,7 @@ int main(void) {
                 char pr[64], file[64];
                 snprintf(pr, sizeof pr, "deq_ref_logits_%s", types[i]);
                 snprintf(file, sizeof file, "model-%s.gguf", types[i]);
-                struct expect q = {.prefill = {pr}, .prefill_tol = {1e-3}, .argmax_vs_prefill0 = true};
+                struct expect q = {.prefill = {pr}, .prefill_tol = {1e-3}, .argmax_vs_prefill0 = true, .no_f16 = true};
                 run_model(file, &q);
             }
         }
@@ -470,8 +497,12 @@ int main(void) {
             // (but 13 below 2^-17), so the same reference applies; llama.cpp (f16 activations) within 3e-2.
             const char *last[] = {"hf_logits_last", "prefill_logits_last"};
             const char *colr[] = {"hf_logits_cols", "prefill_logits_cols"};
-            const double tol[] = {1e-3, 3e-2};
-            for (int full = 0; full <= 1; full++) {
+            for (int mode = 0; mode < 4; mode++) {
+                // F32 cache: the fixture tolerances; the default F16 cache: the f16 tolerance throughout.
+                const int full = mode & 1;
+                const bool f16 = mode >= 2;
+                const double tol[] = {f16 ? F16_TOL : 1e-3, 3e-2};
+                g_kv_type = f16 ? PERI_KV_DEFAULT : PERI_KV_F32;
                 struct capture cp = {.want = {"last_hidden"}};
                 peri_context *c = new_ctx(m, full, capture_cb, &cp, 1);
                 if (!c) continue;
@@ -486,14 +517,15 @@ int main(void) {
                                 double dj = fabs((double)lg[(size_t)t * V + cols[j]] - rc2[t * nc + j]);
                                 if (!(dj <= d)) d = dj;
                             }
-                        REPORT("%s [%s]: vs %s/%s: %.3g", path, full ? "full" : "latent", last[k], colr[k], d);
-                        CHECKF(d <= tol[k], "%s [%s]: vs %s/%s: max abs %g > %g", path, full ? "full" : "latent",
-                               last[k], colr[k], d, tol[k]);
+                        REPORT("%s [%s %s]: vs %s/%s: %.3g", path, full ? "full" : "latent", f16 ? "f16" : "f32",
+                               last[k], colr[k], d);
+                        CHECKF(d <= tol[k], "%s [%s %s]: vs %s/%s: max abs %g > %g", path, full ? "full" : "latent",
+                               f16 ? "f16" : "f32", last[k], colr[k], d, tol[k]);
                     }
                     const float *lh = ref_f32("last_hidden", NULL);
                     if (lh && cp.data[0] && cp.n[0] == (int64_t)T * peri_model_n_embd(m)) {
                         double d = test_max_abs_diff(cp.data[0], lh, (size_t)cp.n[0]);
-                        CHECKF(d <= 2e-4, "%s: last_hidden differs by %g", path, d);
+                        CHECKF(d <= (f16 ? F16_TOL : 2e-4), "%s: last_hidden differs by %g", path, d);
                     } else {
                         CHECKF(0, "%s: last_hidden not emitted with %d x %d values", path, T, peri_model_n_embd(m));
                     }
@@ -511,6 +543,7 @@ int main(void) {
                 }
                 peri_context_free(c);
             }
+            g_kv_type = PERI_KV_F32;
             peri_model_free(m);
         }
         peri_safetensors_close(&g_exp);

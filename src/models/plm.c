@@ -21,9 +21,6 @@
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
     float *attn_norm, *kva_norm, *ffn_norm;
-    // W_kb^T for the absorbed query, float32 [H*R x nope]: row h*R+r holds kv_b[h*(nope+v)+d][r] over d.
-    // Built when the first latent-cache context is made (see plm_build_wkbt).
-    peri_tensor wkbt;
 };
 
 struct plm_model {
@@ -34,7 +31,6 @@ struct plm_model {
     const peri_tensor *embd, *output;
     float *out_norm;
     struct plm_layer *layers;
-    bool has_wkbt;
     bool gguf;
 };
 
@@ -55,6 +51,8 @@ struct plm_ctx {
     float *x, *h, *tmp, *q, *a, *kv, *qlat, *clat, *att, *ff;
     // per-thread scratch
     int nth;
+    // W_kb,h^T of the head being worked on, float32 [R x nope] per thread, for the absorbed query (latent cache)
+    float *wkbt;
     float *scores;               // [nth][H * n_ctx]
     float *rowbuf;               // [nth][rowbuf_n]
     int64_t rowbuf_n;
@@ -291,31 +289,6 @@ static int plm_load(peri_model *m) {
     return PERI_OK;
 }
 
-// W_kb,h^T for every head, float32, so the absorbed query W_kb,h^T q_nope,h is an ordinary matmul with
-// any weight type. Costs H*R*nope floats per layer (128 MiB for PLM-1.8B), made once per model.
-static int plm_build_wkbt(peri_model *m) {
-    struct plm_model *p = m->arch;
-    if (p->has_wkbt) return PERI_OK;
-    const int64_t H = p->n_head, R = p->rank, nope = p->nope, vd = p->vdim;
-    float *row = malloc(sizeof(float) * (size_t)R);
-    if (!row) return peri_fail(PERI_E_NOMEM, "out of memory");
-    for (int64_t l = 0; l < p->n_layer; l++) {
-        struct plm_layer *L = &p->layers[l];
-        float *wt = peri_model_alloc(m, sizeof(float) * (size_t)(H * R * nope));
-        if (!wt) { free(row); return PERI_E_NOMEM; }
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t d = 0; d < nope; d++) {
-                peri_get_row(L->wkvb, h * (nope + vd) + d, row);
-                for (int64_t r = 0; r < R; r++) wt[(h * R + r) * nope + d] = row[r];
-            }
-        L->wkbt = (peri_tensor){.name = "kv_b (W_kb^T, float32)", .type = PERI_TYPE_F32, .n_dims = 2,
-                                .shape = {H * R, nope}, .data = wt, .nbytes = sizeof(float) * (size_t)(H * R * nope)};
-    }
-    free(row);
-    p->has_wkbt = true;
-    return PERI_OK;
-}
-
 static void plm_describe(const peri_model *m, peri_strbuf *sb) {
     const struct plm_model *p = m->arch;
     peri_sb_printf(sb, "plm: %lld heads, q/k head %lld (nope %lld + rope %lld), v head %lld, kv_lora_rank %lld, "
@@ -323,8 +296,9 @@ static void plm_describe(const peri_model *m, peri_strbuf *sb) {
                    (long long)p->n_head, (long long)p->dk, (long long)p->nope, (long long)p->rope,
                    (long long)p->vdim, (long long)p->rank, (long long)p->n_ff, p->theta, (double)p->eps,
                    p->output == p->embd ? "tied" : "separate");
-    peri_sb_printf(sb, "plm cache per token (float32): latent %lld B (default), full K/V %lld B (kv_full)\n",
-                   (long long)((p->rank + p->rope) * 4 * p->n_layer),
+    peri_sb_printf(sb, "plm cache per token (f16 default / f32): latent %lld / %lld B, full K/V (kv_full) %lld / %lld B\n",
+                   (long long)((p->rank + p->rope) * 2 * p->n_layer), (long long)((p->rank + p->rope) * 4 * p->n_layer),
+                   (long long)(p->n_head * (p->dk + p->vdim) * 2 * p->n_layer),
                    (long long)(p->n_head * (p->dk + p->vdim) * 4 * p->n_layer));
 }
 
@@ -335,7 +309,7 @@ static void plm_ctx_free(peri_context *c) {
     if (!x) return;
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv); free(x->qlat); free(x->clat);
-    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->probs); free(x->emit);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -348,26 +322,26 @@ static void *alloc_n(int64_t n, size_t es) {
 }
 
 static int plm_ctx_init(peri_context *c) {
-    peri_model *m = c->model;
-    struct plm_model *p = m->arch;
+    struct plm_model *p = c->model->arch;
     struct plm_ctx *x = calloc(1, sizeof *x);
     if (!x) return peri_fail(PERI_E_NOMEM, "out of memory");
     c->arch = x;
     const int64_t H = p->n_head, R = p->rank, D = p->n_embd, nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
     x->full = c->params.kv_full;
-    // F32 cache: an F16 cache moves the fixtures' logits by more than their 1e-3 tolerance (docs/plm.md).
-#ifdef PERI_PLM_CACHE_F16
-    x->cache_f16 = true;   // measurement builds only (docs/plm.md, "Cache precision")
-#else
-    x->cache_f16 = false;
-#endif
+    // F16 by default, as llama.cpp: half the memory; F32 reproduces the float64 references to 1e-5
+    // (docs/plm.md, "Cache precision").
+    switch (c->params.kv_type) {
+    case PERI_KV_DEFAULT: case PERI_KV_F16: x->cache_f16 = true; break;
+    case PERI_KV_F32: x->cache_f16 = false; break;
+    default:
+        return peri_fail(PERI_E_ARG, "unknown kv_type %d: use PERI_KV_DEFAULT (0), PERI_KV_F32 (1) or PERI_KV_F16 (2)",
+                         c->params.kv_type);
+    }
     x->esz = x->cache_f16 ? 2 : 4;
     x->ubatch = c->params.n_batch < PLM_UBATCH ? c->params.n_batch : PLM_UBATCH;
     x->n_rows_max = nseq * x->ubatch;
     const int64_t N = x->n_rows_max;
     if (!x->full) {
-        int rc = plm_build_wkbt(m);
-        if (rc) return rc;
         x->width_a = R + p->rope;
         x->width_b = 0;
     } else {
@@ -403,12 +377,13 @@ static int plm_ctx_init(peri_context *c) {
     x->scores = alloc_n((int64_t)x->nth * H * nctx, 4);
     x->rowbuf_n = x->width_a > x->width_b ? x->width_a : x->width_b;
     x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
+    if (!x->full) x->wkbt = alloc_n((int64_t)x->nth * R * p->nope, 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && x->row_seq && x->row_slot && x->row_pos;
+              x->scores && x->rowbuf && (x->full || x->wkbt) && x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
         int64_t np = N * H * nctx;
@@ -565,10 +540,20 @@ static void heads_task(void *arg, int ith, int nth) {
     long lo, hi;
     peri_split((long)H, ith, nth, &lo, &hi);
     for (int64_t h = lo; h < hi; h++) {
-        if (!J->out)
-            peri_matmul_ex(NULL, x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, &J->L->wkbt, h * R, R, NULL,
+        if (!J->out) {
+            // W_kb,h^T q_nope,h contracts over the rows of kv_b, which a matmul cannot do on the stored weight:
+            // this head's nope rows are dequantized and transposed into the thread's [R x nope] scratch (about
+            // 2% of the layer's work; a model-wide float32 copy would cost 128 MiB for PLM-1.8B).
+            float *wt = x->wkbt + (int64_t)ith * R * nope, *row = x->rowbuf + (int64_t)ith * x->rowbuf_n;
+            for (int64_t d = 0; d < nope; d++) {
+                peri_get_row(J->L->wkvb, h * (nope + vd) + d, row);
+                for (int64_t r = 0; r < R; r++) wt[r * nope + d] = row[r];
+            }
+            peri_tensor t = {.name = "W_kb^T (one head)", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {R, nope},
+                             .data = wt, .nbytes = sizeof(float) * (size_t)(R * nope)};
+            peri_matmul_ex(NULL, x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, &t, 0, R, NULL,
                            J->n_rows);
-        else
+        } else
             peri_matmul_ex(NULL, x->att + h * vd, H * vd, x->clat + h * R, H * R, J->L->wkvb, h * (nope + vd) + nope,
                            vd, NULL, J->n_rows);
     }

@@ -9,7 +9,7 @@
 struct peri_context_params peri_context_default_params(void) {
     return (struct peri_context_params){
         .n_ctx = 0, .n_seq_max = 1, .n_batch = 0, .n_threads = 0, .attn = PERI_ATTN_SDPA,
-        .tensor_cb = NULL, .tensor_cb_data = NULL, .logits_all = false, .kv_full = false, .cache_first_G = false,
+        .tensor_cb = NULL, .tensor_cb_data = NULL, .logits_all = false, .kv_full = false, .kv_type = PERI_KV_DEFAULT, .cache_first_G = false,
     };
 }
 

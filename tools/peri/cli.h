@@ -11,6 +11,7 @@
 // Each subcommand: argv[0] is its name. Returns the process exit code.
 int peri_cmd_logits(int argc, char **argv);
 int peri_cmd_run(int argc, char **argv);
+int peri_cmd_chat(int argc, char **argv);
 int peri_cmd_inspect(int argc, char **argv);
 int peri_cmd_init(int argc, char **argv);
 int peri_cmd_bench(int argc, char **argv);

@@ -22,12 +22,14 @@ static double now_s(void) {
 int peri_cmd_bench(int argc, char **argv) {
     const char *cmd = "bench", *path = NULL;
     long n_p = 128, n_g = 64, threads = 0, reps = 3, depth = -1;
-    bool no_mmap = false;
+    bool no_mmap = false, kv_full = false;
+    int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fprintf(stderr, "usage: peri bench -m MODEL [-p PROMPT_TOKENS=128] [-n GEN_TOKENS=64] [-t THREADS] [-r REPS=3]\n"
-                            "                  [--depth D: decode after a D-token prompt] [--no-mmap]\n");
+                            "                  [--depth D: decode after a D-token prompt] [--no-mmap]\n"
+                            "                  [--kv-f16 | --kv-f32] [--kv-full]   (PLM cache type and layout)\n");
             return 0;
         } else if (!strcmp(a, "-m")) { if (!(path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1 << 20, &n_p)) return 1; }
@@ -36,6 +38,9 @@ int peri_cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-r")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1000, &reps)) return 1; }
         else if (!strcmp(a, "--depth")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1 << 20, &depth)) return 1; }
         else if (!strcmp(a, "--no-mmap")) no_mmap = true;
+        else if (!strcmp(a, "--kv-full")) kv_full = true;
+        else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
+        else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
         else return cli_error(cmd, "unknown option '%s'", a);
     }
     if (!path) return cli_error(cmd, "no model: give -m MODEL");
@@ -43,6 +48,11 @@ int peri_cmd_bench(int argc, char **argv) {
     mp.use_mmap = !no_mmap;
     peri_model *m;
     if (peri_model_load(path, mp, &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
+    if ((kv_type == PERI_KV_F16 || kv_full) && strcmp(peri_model_arch(m), "plm") != 0) {
+        cli_error(cmd, "--kv-f16 and --kv-full are PLM cache options; %s caches in float32", peri_model_arch(m));
+        peri_model_free(m);
+        return 1;
+    }
     const long dec_prompt = depth > 0 ? depth : n_p;
     long n_ctx = (n_p > dec_prompt ? n_p : dec_prompt) + n_g;
     if (n_ctx > peri_model_n_ctx_train(m)) {
@@ -53,6 +63,8 @@ int peri_cmd_bench(int argc, char **argv) {
     cp.n_ctx = (int32_t)n_ctx;
     cp.n_batch = (int32_t)(n_p > dec_prompt ? n_p : dec_prompt);
     cp.n_threads = (int32_t)threads;
+    cp.kv_full = kv_full;
+    cp.kv_type = kv_type;
     peri_context *c;
     if (peri_context_init(m, cp, &c) != PERI_OK) { peri_model_free(m); return cli_lib_error(cmd, "cannot create the context"); }
     const int V = peri_model_n_vocab(m);
@@ -88,6 +100,8 @@ int peri_cmd_bench(int argc, char **argv) {
         double bytes = (double)peri_model_decode_bytes(m);
         printf("model: %s (%s), threads %d, kernels %s\n", path, peri_model_arch(m), threads ? (int)threads : peri_physical_cores(),
                peri_system_info());
+        if (!strcmp(peri_model_arch(m), "plm"))
+            printf("cache: %s, %s\n", kv_full ? "full K/V (--kv-full)" : "latent", kv_type == PERI_KV_F32 ? "f32" : "f16");
         printf("read bandwidth: %.1f GB/s; weights read per decoded token: %.1f MB; decode bound %.1f tokens/s\n", bw,
                bytes / 1e6, bw * 1e9 / bytes);
         printf("prefill pp%ld: %.1f tokens/s (%.3f s)\n", n_p, n_p / best_pp, best_pp);

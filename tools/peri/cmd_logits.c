@@ -26,6 +26,8 @@ static void usage(void) {
             "  --attn MODE     sdpa (default) or eager: how a query that sees no key is treated\n"
             "  --external-G F  PLDR-LLM with custom_G_type external: G from the safetensors file F\n"
             "  --kv-full       PLM: cache expanded keys and values instead of the latent\n"
+            "  --kv-f16 / --kv-f32  PLM cache element type (default f16, as llama.cpp; f32 reproduces float64\n"
+            "                  references to 1e-5)\n"
             "  -t N            threads (default: physical cores)\n");
 }
 
@@ -63,6 +65,7 @@ static int write_deductive(peri_context *ctx, const peri_model *model, const cha
 int peri_cmd_logits(int argc, char **argv) {
     const char *cmd = "logits", *model_path = NULL, *ids_s = NULL, *dec_s = NULL, *out_path = NULL, *ded_path = NULL, *ext_g = NULL;
     bool no_cache = false, dag = false, kv_full = false;
+    int kv_type = PERI_KV_DEFAULT;
     long threads = 0;
     int attn = PERI_ATTN_SDPA;
     for (int i = 1; i < argc; i++) {
@@ -77,6 +80,8 @@ int peri_cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--dag")) dag = true;
         else if (!strcmp(a, "--kv-full")) kv_full = true;
+        else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
+        else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
         else if (!strcmp(a, "--attn")) {
             const char *v = cli_value(cmd, argc, argv, &i);
             if (!v) return 1;
@@ -109,6 +114,10 @@ int peri_cmd_logits(int argc, char **argv) {
     struct peri_model_params mp = peri_model_default_params();
     if (peri_model_load(model_path, mp, &model) != PERI_OK) { cli_lib_error(cmd, "cannot load the model"); goto done; }
     if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
+    if ((kv_type == PERI_KV_F16 || kv_full) && strcmp(peri_model_arch(model), "plm") != 0) {
+        cli_error(cmd, "--kv-f16 and --kv-full are PLM cache options; %s caches in float32", peri_model_arch(model));
+        goto done;
+    }
     const int V = peri_model_n_outputs(model), total = n_ids + n_dec, head = peri_model_head(model);
     if (head != PERI_HEAD_LM && (n_dec || no_cache)) {
         cli_error(cmd, "'%s' has a task head; it scores one prompt (no --decode-ids or --no-cache)", model_path);
@@ -125,6 +134,7 @@ int peri_cmd_logits(int argc, char **argv) {
     cp.attn = attn;
     cp.logits_all = true;
     cp.kv_full = kv_full;
+    cp.kv_type = kv_type;
     if (peri_context_init(model, cp, &ctx) != PERI_OK) { cli_lib_error(cmd, "cannot create the context"); goto done; }
     f = fopen(out_path, "wb");
     if (!f) { cli_error(cmd, "cannot write '%s'", out_path); goto done; }

@@ -1,7 +1,10 @@
 // `peri run`: generate from a prompt.
 //   peri run -m MODEL (-p TEXT | --ids "...") -n N [--temp T] [--top-k K] [--top-p P] [--seed S] [--print-ids]
+//   peri run -m MODEL -cnv [-p FIRST_TURN] [-sys SYSTEM]: a conversation (cmd_chat.c)
 // --temp 0 is greedy; --top-k 0 and --top-p 1 switch those filters off (Hugging Face semantics).
 #include "cli.h"
+
+#include "tokenizers/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,11 @@ static void usage(void) {
     fprintf(stderr,
             "usage: peri run -m MODEL (-p TEXT | --ids \"I J K ...\") [-n N] [options]\n"
             "  -m MODEL        a Hugging Face folder (config.json + safetensors) or a .gguf file\n"
-            "  -p TEXT         prompt text (encoded with the model's tokenizer, no BOS added)\n"
+            "  -p TEXT         prompt text (encoded with the model's tokenizer, no BOS added; special tokens\n"
+            "                  such as <|im_start|> written in it are parsed as tokens, as llama.cpp does)\n"
+            "  -cnv            chat through the model's chat template (same as `peri chat`; -p is the first turn)\n"
+            "  --no-special    encode special-token text in -p as plain text\n"
+            "  --verbose-prompt  print the prompt ids to stderr\n"
             "  --ids \"...\"     prompt token ids instead of text\n"
             "  -n N            tokens to generate (default 64; stops early at the end-of-text token)\n"
             "  --temp T        temperature (default 0.8; 0 = greedy)\n"
@@ -25,6 +32,8 @@ static void usage(void) {
             "  --ignore-eos    do not stop at the end-of-text token\n"
             "  --external-G F  PLDR-LLM with custom_G_type external: G from the safetensors file F\n"
             "  --ctx N         context length (default: prompt + N, at most the model's)\n"
+            "  --kv-f16 / --kv-f32  PLM cache element type (default f16, as llama.cpp)\n"
+            "  --kv-full       PLM: cache expanded keys and values (llama.cpp's layout) instead of the latent\n"
             "  -t N            threads (default: physical cores)\n");
 }
 
@@ -45,11 +54,14 @@ static size_t utf8_complete(const char *s, size_t n) {
 }
 
 int peri_cmd_run(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-cnv") || !strcmp(argv[i], "--conversation")) return peri_cmd_chat(argc, argv);
     const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL, *ext_g = NULL;
     long n_gen = 64, top_k = 40, threads = 0, n_ctx = 0;
     double temp = 0.8, top_p = 0.95, min_p = 0.0, rep = 1.0;
     unsigned long long seed = 0;
-    bool print_ids = false, ignore_eos = false;
+    bool print_ids = false, ignore_eos = false, no_special = false, verbose_prompt = false, kv_full = false;
+    int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
@@ -70,6 +82,11 @@ int peri_cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--print-ids")) print_ids = true;
         else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
+        else if (!strcmp(a, "--no-special")) no_special = true;
+        else if (!strcmp(a, "--verbose-prompt")) verbose_prompt = true;
+        else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
+        else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
+        else if (!strcmp(a, "--kv-full")) kv_full = true;
         else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 1 << 20, &n_ctx)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
         else { usage(); return cli_error(cmd, "unknown option '%s'", a); }
@@ -93,15 +110,22 @@ int peri_cmd_run(int argc, char **argv) {
         goto done;
     }
     if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
+    if ((kv_type == PERI_KV_F16 || kv_full) && strcmp(peri_model_arch(model), "plm") != 0) {
+        cli_error(cmd, "--kv-f16 and --kv-full are PLM cache options; %s caches in float32", peri_model_arch(model));
+        goto done;
+    }
     const peri_tokenizer *tok = peri_model_tokenizer(model);
+    // Special tokens written in the prompt are parsed as tokens (llama.cpp's parse_special) for tokenizers
+    // that have added tokens (byte-level BPE such as Qwen2's), unless --no-special.
+    const bool special = !no_special && tok && tok->n_added > 0;
     if (prompt) {
         if (!tok) { cli_error(cmd, "'%s' has no tokenizer (tokenizer.model / tokenizer.json); use --ids", model_path); goto done; }
         size_t len = strlen(prompt);
-        int64_t need = peri_tokenize(tok, prompt, len, NULL, 0, false);
+        int64_t need = peri_tokenize(tok, prompt, len, NULL, 0, special);
         if (need < 0) need = -need;
         ids = malloc(sizeof(peri_token) * (size_t)(need + 1));
         if (!ids) { cli_error(cmd, "out of memory"); goto done; }
-        int64_t got = peri_tokenize(tok, prompt, len, ids, (size_t)need + 1, false);
+        int64_t got = peri_tokenize(tok, prompt, len, ids, (size_t)need + 1, special);
         if (got < 0) { cli_lib_error(cmd, "cannot tokenize the prompt"); goto done; }
         n_ids = (int)got;
     } else {
@@ -111,6 +135,11 @@ int peri_cmd_run(int argc, char **argv) {
     if (n_ids == 0) {
         cli_error(cmd, "the prompt has no tokens: these models add no BOS token, so generation needs at least one");
         goto done;
+    }
+    if (verbose_prompt) {
+        fprintf(stderr, "prompt ids (%d):", n_ids);
+        for (int i = 0; i < n_ids; i++) fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, "\n");
     }
     const int V = peri_model_n_vocab(model), max_ctx = peri_model_n_ctx_train(model);
     if (!n_ctx) n_ctx = n_ids + n_gen < max_ctx ? n_ids + n_gen : max_ctx;
@@ -122,6 +151,8 @@ int peri_cmd_run(int argc, char **argv) {
     cp.n_ctx = (int32_t)n_ctx;
     cp.n_batch = n_ids;
     cp.n_threads = (int32_t)threads;
+    cp.kv_type = kv_type;
+    cp.kv_full = kv_full;
     if (peri_context_init(model, cp, &ctx) != PERI_OK) { cli_lib_error(cmd, "cannot create the context"); goto done; }
     struct peri_sampler_params sp = peri_sampler_default_params();
     sp.temperature = (float)temp;

@@ -10,6 +10,7 @@ static const struct {
     const char *help;
 } g_cmds[] = {
     {"run", peri_cmd_run, "generate text or ids from a prompt"},
+    {"chat", peri_cmd_chat, "a conversation through the model's chat template (= run -cnv)"},
     {"logits", peri_cmd_logits, "write the logits of a prompt (and decode steps) as float32"},
     {"inspect", peri_cmd_inspect, "show a model's architecture, config, tensors and metadata"},
     {"init", peri_cmd_init, "write a randomly initialised model for a config"},
