@@ -203,6 +203,19 @@ static void test_rows_level(void) {
         for (int64_t i = 0; i < n; i++) ok_silu &= close_rel(c[i], y1[i], 1e-6, 1e-30);
         free(a), free(b), free(w), free(c), free(y1), free(y2);
     }
+    // The bandwidth probe's reader.
+    {
+        int64_t len = 16 * 37, stride = len + 16;
+        float *p = malloc(sizeof(float) * (size_t)(8 * stride));
+        double sabs = 0;
+        for (int64_t i = 0; i < 8 * stride; i++) p[i] = frand();
+        for (int r = 0; r < 8; r++)
+            for (int64_t i = 0; i < len; i++) sabs += fabs(p[r * stride + i]);
+        const struct peri_kernel_set *ks = peri_kernels_current();
+        CHECKF(fabs((double)ks->sum8(p, len, stride) - peri_sum8_ref(p, len, stride)) <= 8 * len * 1.2e-7 * sabs,
+               "sum8 at level %s", lvl);
+        free(p);
+    }
     // Edge values of silu: large magnitudes, zero, nan.
     float e[] = {0.0f, -0.0f, 88.0f, -88.0f, 89.0f, -89.0f, -104.0f, 1000.0f, -1000.0f, 1e-30f, NAN, 3.0f, -3.0f,
                  0.5f, -0.5f, 20.0f, -20.0f};

@@ -1,5 +1,5 @@
 // Read-bandwidth probe: what a memory-bound kernel (the n == 1 matmul) can hope for on this machine.
-#include "kernels/ops.h"
+#include "kernels/kernels_impl.h"
 
 #include "core/error.h"
 
@@ -7,7 +7,12 @@
 #include <string.h>
 #include <time.h>
 
+// The buffer is read as the decode matmul reads a weight: blocks of 8 rows of ROW floats read together,
+// with the widest vectors the CPU has (one sequential stream, or narrow loads, reach less).
+#define ROW 4096
+
 struct bw_job {
+    const struct peri_kernel_set *ks;
     float *buf;
     int64_t n;
     float partial[256 * 16]; // one cache line per thread
@@ -16,34 +21,17 @@ struct bw_job {
 static void bw_fill(void *arg, int ith, int nth) {
     struct bw_job *j = arg;
     long lo, hi;
-    peri_split((long)j->n, ith, nth, &lo, &hi);
+    peri_split((long)(j->n / (8 * ROW)), ith, nth, &lo, &hi);
     // First touch from the thread that will read it (NUMA-local pages).
-    for (long i = lo; i < hi; i++) j->buf[i] = (float)(i & 7);
-}
-
-typedef float v4f __attribute__((vector_size(16)));
-
-// Sums STREAMS interleaved streams of `len` floats, `stride` apart, as the decode matmul reads several
-// weight rows at once: one sequential stream alone does not keep enough reads in flight. Plain 16-byte
-// vectors (baseline on x86-64 and AArch64) already load faster than memory delivers.
-enum { STREAMS = 8 };
-static float sum_streams(const float *p, long len, long stride) {
-    v4f a[STREAMS];
-    memset(a, 0, sizeof a);
-    for (long o = 0; o + 4 <= len; o += 4)
-        for (int k = 0; k < STREAMS; k++) a[k] += *(const v4f *)(p + k * stride + o);
-    v4f t = a[0];
-    for (int k = 1; k < STREAMS; k++) t += a[k];
-    return t[0] + t[1] + t[2] + t[3];
+    for (long i = lo * 8 * ROW; i < hi * 8 * ROW; i++) j->buf[i] = (float)(i & 7);
 }
 
 static void bw_read(void *arg, int ith, int nth) {
     struct bw_job *j = arg;
     long lo, hi;
-    peri_split((long)j->n, ith, nth, &lo, &hi);
-    lo = (lo + 15) / 16 * 16; // keep the 16-byte loads aligned
-    long len = hi > lo ? (hi - lo) / STREAMS / 16 * 16 : 0;
-    float s = len ? sum_streams(j->buf + lo, len, len) : 0.0f;
+    peri_split((long)(j->n / (8 * ROW)), ith, nth, &lo, &hi);
+    float s = 0;
+    for (long b = lo; b < hi; b++) s += j->ks->sum8(j->buf + b * 8 * ROW, ROW, ROW);
     j->partial[(ith & 255) * 16] = s;
 }
 
@@ -54,8 +42,10 @@ static double seconds(void) {
 }
 
 double peri_measure_read_bandwidth(peri_pool *pool, size_t bytes) {
-    bytes = (bytes + 63) / 64 * 64;
-    if (bytes == 0) bytes = 64;
+    size_t block = 8 * ROW * sizeof(float);
+    if (bytes > ((size_t)1 << 40))
+        return peri_fail(PERI_E_ARG, "bandwidth probe: %zu bytes is more than the 1 TB limit", bytes);
+    bytes = bytes < block ? block : (bytes + block - 1) / block * block;
     struct bw_job *j = calloc(1, sizeof *j);
     float *buf = aligned_alloc(64, bytes);
     if (!j || !buf) {
@@ -63,18 +53,12 @@ double peri_measure_read_bandwidth(peri_pool *pool, size_t bytes) {
         free(buf);
         return peri_fail(PERI_E_NOMEM, "bandwidth probe: cannot allocate %zu bytes; try a smaller buffer", bytes);
     }
+    j->ks = peri_kernels_current();
     j->buf = buf;
     j->n = (int64_t)(bytes / sizeof(float));
     peri_pool_run(pool, bw_fill, j);
     double best = 0;
-    // Bytes actually read per run (each thread drops its last few floats to keep whole streams).
-    double read = 0;
-    for (int t = 0; t < peri_pool_size(pool); t++) {
-        long lo, hi;
-        peri_split((long)j->n, t, peri_pool_size(pool), &lo, &hi);
-        lo = (lo + 15) / 16 * 16;
-        read += hi > lo ? (double)((hi - lo) / STREAMS / 16 * 16 * STREAMS) * sizeof(float) : 0;
-    }
+    double read = (double)(j->n / (8 * ROW)) * 8 * ROW * sizeof(float);
     volatile float sink = 0;
     for (int run = 0; run < 5; run++) {
         double t0 = seconds();

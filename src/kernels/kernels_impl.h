@@ -34,6 +34,9 @@ struct peri_kernel_set {
     void (*softmax)(float *x, int64_t n);
     void (*silu_row)(float *y, const float *x, int64_t n);
     void (*swiglu)(float *y, const float *a, const float *b, int64_t n);
+    // Sum of 8 rows of len floats (len a multiple of 16), `stride` floats apart, read together as the
+    // decode matmul reads weight rows: the bandwidth probe.
+    float (*sum8)(const float *p, int64_t len, int64_t stride);
 };
 
 extern const struct peri_kernel_set peri_kset_ref;
@@ -44,6 +47,8 @@ extern const struct peri_kernel_set peri_kset_avx512;
 #if defined(__aarch64__)
 extern const struct peri_kernel_set peri_kset_neon;
 #endif
+
+float peri_sum8_ref(const float *p, int64_t len, int64_t stride);
 
 // The set in use (never NULL).
 const struct peri_kernel_set *peri_kernels_current(void);

@@ -149,6 +149,13 @@ void peri_swiglu_ref(float *y, const float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = peri_silu(a[i]) * b[i];
 }
 
+float peri_sum8_ref(const float *p, int64_t len, int64_t stride) {
+    float s = 0;
+    for (int r = 0; r < 8; r++)
+        for (int64_t i = 0; i < len; i++) s += p[r * stride + i];
+    return s;
+}
+
 // All mm entries NULL: the dispatcher's generic path then calls each type's dot_f32, the reference.
 const struct peri_kernel_set peri_kset_ref = {
     .name = "ref",
@@ -161,4 +168,5 @@ const struct peri_kernel_set peri_kset_ref = {
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
     .swiglu = peri_swiglu_ref,
+    .sum8 = peri_sum8_ref,
 };

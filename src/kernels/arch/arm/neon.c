@@ -164,6 +164,15 @@ static void layernorm(float *y, const float *x, const float *w, const float *b, 
     for (; i < n; i++) y[i] = (x[i] - mean) * rs * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
 }
 
+static float sum8(const float *p, int64_t len, int64_t stride) {
+    float32x4_t a[8];
+    PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = vdupq_n_f32(0);
+    for (int64_t o = 0; o + 4 <= len; o += 4)
+        PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = vaddq_f32(a[r], vld1q_f32(p + r * stride + o));
+    PERI_UNROLL for (int r = 1; r < 8; r++) a[0] = vaddq_f32(a[0], a[r]);
+    return vaddvq_f32(a[0]);
+}
+
 // softmax, silu and swiglu stay scalar here (expf dominates; a NEON exp can follow the x86 one).
 const struct peri_kernel_set peri_kset_neon = {
     .name = "neon",
@@ -181,6 +190,7 @@ const struct peri_kernel_set peri_kset_neon = {
     .softmax = peri_softmax_ref,
     .silu_row = peri_silu_row_ref,
     .swiglu = peri_swiglu_ref,
+    .sum8 = sum8,
 };
 
 #else

@@ -287,6 +287,15 @@ static void swiglu(float *y, const float *a, const float *b, int64_t n) {
     for (; i < n; i++) y[i] = peri_silu(a[i]) * b[i];
 }
 
+static float sum8(const float *p, int64_t len, int64_t stride) {
+    __m256 a[8];
+    PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t o = 0; o + 8 <= len; o += 8)
+        PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = _mm256_add_ps(a[r], _mm256_loadu_ps(p + r * stride + o));
+    PERI_UNROLL for (int r = 1; r < 8; r++) a[0] = _mm256_add_ps(a[0], a[r]);
+    return hsum(a[0]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -309,6 +318,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .softmax = softmax,
     .silu_row = silu_row,
     .swiglu = swiglu,
+    .sum8 = sum8,
 };
 
 #else

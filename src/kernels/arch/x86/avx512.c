@@ -270,6 +270,15 @@ static void swiglu(float *y, const float *a, const float *b, int64_t n) {
     }
 }
 
+static float sum8(const float *p, int64_t len, int64_t stride) {
+    __m512 a[8];
+    PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = _mm512_setzero_ps();
+    for (int64_t o = 0; o + 16 <= len; o += 16)
+        PERI_UNROLL for (int r = 0; r < 8; r++) a[r] = _mm512_add_ps(a[r], _mm512_loadu_ps(p + r * stride + o));
+    PERI_UNROLL for (int r = 1; r < 8; r++) a[0] = _mm512_add_ps(a[0], a[r]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -292,6 +301,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .softmax = softmax,
     .silu_row = silu_row,
     .swiglu = swiglu,
+    .sum8 = sum8,
 };
 
 #else
