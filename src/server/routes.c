@@ -444,7 +444,7 @@ static void write_final(sbuf *b, const resp_ctx *rc, const srv_request *r) {
 
 // One streaming chunk for task t: text delta [t0, t1) of t->text, logprobs [g0, g1), finish reason.
 static void write_chunk(sbuf *b, const resp_ctx *rc, const srv_task *t, size_t t0, size_t t1, size_t g0, size_t g1,
-                        const char *finish, bool first) {
+                        size_t i0, size_t i1, const char *finish, bool first) {
     const gen_opts *o = rc->o;
     write_head(b, rc);
     sb_printf(b, ",\"choices\":[{\"index\":%d,", t->index);
@@ -468,6 +468,12 @@ static void write_chunk(sbuf *b, const resp_ctx *rc, const srv_task *t, size_t t
         if (o->logprobs >= 0 && g1 > g0) write_cmpl_logprobs(b, rc->app->tok, t, g0, g1, false, t0);
         else sb_puts(b, "null");
     }
+    if (!rc->app->tok) {
+        // Without a tokenizer the ids are the output: each chunk carries the new ones.
+        sb_puts(b, ",\"token_ids\":[");
+        for (size_t i = i0; i < i1; i++) sb_printf(b, "%s%d", i > i0 ? "," : "", t->out_ids[i]);
+        sb_puts(b, "]");
+    }
     if (finish) sb_printf(b, ",\"finish_reason\":\"%s\"}]", finish);
     else sb_puts(b, ",\"finish_reason\":null}]");
     if (o->include_usage) sb_puts(b, ",\"usage\":null");
@@ -484,7 +490,7 @@ static void run_request(srv_conn *c, srv_request *r, const gen_opts *o) {
         srv_send_error(c, 503, "server_busy", "the request queue is full (%d waiting); retry later", app->cfg.max_queue);
         return;
     }
-    size_t sent_text[SRV_MAX_PROMPTS] = {0}, sent_lp[SRV_MAX_PROMPTS] = {0};
+    size_t sent_text[SRV_MAX_PROMPTS] = {0}, sent_lp[SRV_MAX_PROMPTS] = {0}, sent_ids[SRV_MAX_PROMPTS] = {0};
     bool finished[SRV_MAX_PROMPTS] = {0};
     bool streaming = o->stream, gone = false;
     if (streaming && srv_sse_begin(c)) gone = true;
@@ -492,7 +498,7 @@ static void run_request(srv_conn *c, srv_request *r, const gen_opts *o) {
         // The role comes first so that clients can show the turn before its first token.
         for (int i = 0; i < r->n_tasks && !gone; i++) {
             sbuf b = {0};
-            write_chunk(&b, &rc, &r->tasks[i], 0, 0, 0, 0, NULL, true);
+            write_chunk(&b, &rc, &r->tasks[i], 0, 0, 0, 0, 0, 0, NULL, true);
             if (srv_sse_data(c, b.p, b.n)) gone = true;
             sb_free(&b);
         }
@@ -516,12 +522,13 @@ static void run_request(srv_conn *c, srv_request *r, const gen_opts *o) {
             for (int i = 0; i < r->n_tasks; i++) {
                 srv_task *t = &r->tasks[i];
                 if (finished[i]) continue;
-                size_t tn = t->text.n, gn = t->lp.n;
+                size_t tn = t->text.n, gn = t->lp.n, in = app->tok ? 0 : t->n_out;
                 bool fin = t->done;
                 if (fin && !t->finish_reason) continue;   // an error: reported after the loop
-                if (tn == sent_text[i] && gn == sent_lp[i] && !fin) continue;
+                if (tn == sent_text[i] && gn == sent_lp[i] && in == sent_ids[i] && !fin) continue;
                 sbuf b = {0};
-                write_chunk(&b, &rc, t, sent_text[i], tn, sent_lp[i], gn, fin ? t->finish_reason : NULL, false);
+                write_chunk(&b, &rc, t, sent_text[i], tn, sent_lp[i], gn, sent_ids[i], in, fin ? t->finish_reason : NULL, false);
+                sent_ids[i] = in;
                 sb_puts(&out, "data: ");
                 sb_put(&out, b.p, b.n);
                 sb_puts(&out, "\n\n");

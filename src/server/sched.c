@@ -88,7 +88,7 @@ static bool lp_add(srv_lp *l, const float *row, int V, int32_t id, int k) {
     int32_t *ti = l->top_ids + l->n * (size_t)k;
     float *tl = l->top_lp + l->n * (size_t)k;
     int got = 0;
-    for (int i = 0; i < V; i++) {
+    for (int i = 0; i < V && k > 0; i++) {
         float v = row[i];
         if (got == k && v <= tl[k - 1]) continue;
         int j = got < k ? got++ : k - 1;
