@@ -103,7 +103,14 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
                     for (; i + TR <= i1; i += TR)
                         tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
                              sc + (i - i0) * TC, k0 == 0);
-                    for (; i < i1; i++)
+                    // Leftover x rows in one tile, so each weight vector still serves all of them.
+                    if (i1 - i == 3)
+                        tile(wt, 3, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                    else if (i1 - i == 2)
+                        tile(wt, 2, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
+                             sc + (i - i0) * TC, k0 == 0);
+                    else if (i1 - i == 1)
                         tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
                              sc + (i - i0) * TC, k0 == 0);
                 } else {
