@@ -29,6 +29,7 @@ static float *run_batch(peri_model *m, const int32_t *ids, const int32_t *mask32
     cp.n_batch = S;
     cp.logits_all = true;
     cp.attn = attn;
+    cp.kv_type = PERI_KV_F32;   // the float64 references are matched by float32 caches (docs/plm.md)
     cp.tensor_cb = on_tensor;
     cp.tensor_cb_data = &cap;
     peri_context *c;

@@ -138,7 +138,9 @@ int peri_model_load(const char *path, struct peri_model_params params, peri_mode
         return rc;
     }
     // The tokenizer is optional for the model itself (ids in, logits out).
-    rc = m->w.gguf ? peri_tokenizer_from_gguf(m->w.gguf, &m->tok) : peri_tokenizer_load_dir(m->w.dir, &m->tok);
+    // (a GGUF without tokenizer.ggml.model carries no tokenizer, like a folder without tokenizer files)
+    if (m->w.gguf) rc = peri_gguf_get(m->w.gguf, "tokenizer.ggml.model") ? peri_tokenizer_from_gguf(m->w.gguf, &m->tok) : 1;
+    else rc = m->w.dir ? peri_tokenizer_load_dir(m->w.dir, &m->tok) : 1;
     if (rc < 0) {
         peri_fail_prefix(rc, "loading the tokenizer of '%s': ", path);
         peri_model_free(m);
