@@ -91,6 +91,10 @@ PERI_API int32_t peri_model_problem_type(const peri_model *model);
 // Sequence classification pooling as the HF classes do it: the index of the rightmost token that is not the
 // pad id (the last token when the model has no pad id; 0 if every token is padding, as torch's argmax).
 PERI_API int32_t peri_seq_cls_pool_index(const peri_model *model, const peri_token *ids, int32_t n);
+// The same for a batch ids [n_seq x n_tokens] into out[n_seq]. Without a pad id only one row is allowed
+// (HF: "Cannot handle batch sizes > 1 if no padding token is defined"): PERI_E_ARG otherwise.
+PERI_API int peri_seq_cls_pool(const peri_model *model, const peri_token *ids, int32_t n_seq, int32_t n_tokens,
+                               int32_t *out);
 // The tokenizer loaded with the model, or NULL if the model folder/file carries none. Owned by the model.
 PERI_API const peri_tokenizer *peri_model_tokenizer(const peri_model *model);
 

@@ -6,6 +6,8 @@
 #include "peri.h"
 #include "test.h"
 
+#include <unistd.h>
+
 static const double TOL = 1e-4;
 
 typedef struct { float *last; int L; } cap_t;
@@ -141,7 +143,30 @@ static void run(const char *shared, const char *fix, int pldr) {
     peri_safetensors_close(&e);
 }
 
+// Without a pad id, a batch cannot be pooled (HF raises); one sequence pools on its last token.
+static void check_no_pad(void) {
+    char dir[128], cfg[1024];
+    snprintf(dir, sizeof dir, "/tmp/peri-nopad-%d", (int)getpid());
+    snprintf(cfg, sizeof cfg, "{\"architectures\":[\"PldrllmForSequenceClassification\"],\"model_type\":\"pldrllm\","
+             "\"vocab_size\":64,\"hidden_size\":32,\"num_hidden_layers\":1,\"num_attention_heads\":2,\"head_dim\":16,"
+             "\"intermediate_size\":48,\"A_dff\":8,\"num_reslayerA\":1,\"max_position_embeddings\":32,\"pad_token_id\":null,"
+             "\"id2label\":{\"0\":\"a\",\"1\":\"b\"}}");
+    CHECKF(peri_model_init_random(cfg, 3, dir) == PERI_OK, "%s", peri_last_error());
+    peri_model *m;
+    if (peri_model_load(dir, peri_model_default_params(), &m) != PERI_OK) { CHECKF(0, "%s", peri_last_error()); return; }
+    CHECK(peri_model_pad(m) < 0 && peri_model_head(m) == PERI_HEAD_SEQ_CLS && peri_model_n_outputs(m) == 2);
+    peri_token ids[2][4] = {{5, 6, 7, 8}, {0, 0, 9, 10}};
+    int32_t idx[2];
+    CHECK(peri_seq_cls_pool(m, &ids[0][0], 2, 4, idx) == PERI_E_ARG && strstr(peri_last_error(), "pad_token_id"));
+    CHECK(peri_seq_cls_pool(m, &ids[1][0], 1, 4, idx) == PERI_OK && idx[0] == 3);
+    peri_model_free(m);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
+    check_no_pad();
     const char *shared = test_shared_dir();
     if (!shared) { fprintf(stderr, "test_heads: ../shared not found; skipping\n"); return TEST_SKIP; }
     run(shared, "pldr-seqcls", 1);

@@ -213,7 +213,9 @@ static int pldr_load(peri_model *m) {
     m->n_embd = D;
     m->n_layer = p->L;
     m->n_ctx_train = p->n_pos;
-    m->pad = (peri_token)pad;
+    // PldrllmConfig defaults pad to 0 when the key is missing; an explicit null means the model has none
+    const json_value *pv = json_get(m->w.config, "pad_token_id");
+    m->pad = pv && pv->type == JSON_NULL ? -1 : (peri_token)pad;
     m->bos = (peri_token)bos;
     m->eos = (peri_token)eos;
 

@@ -101,3 +101,13 @@ int32_t peri_seq_cls_pool_index(const peri_model *m, const peri_token *ids, int3
         if (ids[i] != m->pad) best = i;
     return best;
 }
+
+int peri_seq_cls_pool(const peri_model *m, const peri_token *ids, int32_t n_seq, int32_t n_tokens, int32_t *out) {
+    if (!m || !ids || !out || n_seq <= 0 || n_tokens <= 0) return peri_fail(PERI_E_ARG, "peri_seq_cls_pool: empty batch");
+    if (m->pad < 0 && n_seq > 1)
+        return peri_fail(PERI_E_ARG, "cannot pool a batch of %d sequences: the model has no pad_token_id, so padding "
+                         "cannot be told from text (as Hugging Face); classify one sequence at a time or set "
+                         "pad_token_id in config.json", n_seq);
+    for (int32_t r = 0; r < n_seq; r++) out[r] = peri_seq_cls_pool_index(m, ids + (size_t)r * n_tokens, n_tokens);
+    return PERI_OK;
+}
