@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# PLDR-LLM-110M shape, F32 weights (and the Q8_0 GGUF peri converts from them): peri vs PyTorch in one run.
+# usage: bench/pldr.sh [PERI_BIN] ; needs /usr/bin/python3 with python3-torch (Debian) and libopenblas0-pthread.
+# The model is made with `peri init` on /dev/shm (the page cache is dropped every minute here).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+peri=${1:-$here/../build/peri}
+dir=/dev/shm/peri-bench-pldr110m
+[ -f "$dir/model.safetensors" ] || "$peri" init --config "$here/../examples/pldr-110m.json" --seed 1 --out "$dir" >/dev/null
+[ -f "$dir.q8_0.gguf" ] || "$peri" convert "$dir" -o "$dir.q8_0.gguf" --type q8_0 >/dev/null 2>&1 || true
+echo "== machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F)"
+for t in 1 2; do
+    echo "== peri, F32, $t thread(s)"
+    "$peri" bench -m "$dir" -p 128 -n 64 -t "$t" -r 3
+    if [ -f "$dir.q8_0.gguf" ]; then
+        echo "== peri, Q8_0, $t thread(s)"
+        "$peri" bench -m "$dir.q8_0.gguf" -p 128 -n 64 -t "$t" -r 3
+    fi
+done
+for t in 1 2; do
+    echo "== PyTorch (bench/pldr_torch.py: same model, KV + G cache), F32, $t thread(s)"
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t \
+        /usr/bin/python3 "$here/pldr_torch.py" "$dir" -p 128 -n 64 -t "$t" -r 3
+done
