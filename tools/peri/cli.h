@@ -25,6 +25,8 @@ int peri_cmd_quantize(int argc, char **argv);
 int peri_cmd_classify(int argc, char **argv);
 int peri_cmd_tag(int argc, char **argv);
 int peri_cmd_qa(int argc, char **argv);
+int peri_cmd_grad(int argc, char **argv);
+int peri_cmd_train(int argc, char **argv);
 
 // Prints "peri <cmd>: <message>" to stderr; returns 1 (the exit code for errors).
 int cli_error(const char *cmd, const char *fmt, ...)

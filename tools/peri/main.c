@@ -25,6 +25,8 @@ static const struct {
     {"classify", peri_cmd_classify, "sequence classification with a classifier checkpoint"},
     {"tag", peri_cmd_tag, "a label per token with a token-classification checkpoint"},
     {"qa", peri_cmd_qa, "extractive question answering with a QA checkpoint"},
+    {"grad", peri_cmd_grad, "loss and gradient of every parameter for a batch (safetensors)"},
+    {"train", peri_cmd_train, "pretrain or fine-tune a model on text (AdamW, schedules, checkpoints)"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,115 @@
+// Training of PLDR-LLM and PLM in float32: a readable training-mode forward that keeps its activations,
+// the backward of every op (train/tops.h), the loss, the DAG regularizer, AdamW and LR schedules.
+// It is a separate implementation from the inference forward (src/models), checked against it and against
+// the reference gradients of ../shared/fixtures/grads (docs/training.md).
+#ifndef PERI_TRAIN_TRAIN_H
+#define PERI_TRAIN_TRAIN_H
+
+#include "formats/json.h"
+#include "runtime/pool.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum peri_tr_arch { PERI_TR_PLDR = 1, PERI_TR_PLM = 2 };
+
+// One named parameter: a slice [off, off+n) of the trainer's flat w / g arrays.
+typedef struct peri_tparam {
+    char *name;
+    int n_dims;
+    int64_t shape[4];
+    size_t off, n;
+    bool no_decay;       // hint for optimizers that skip decay on norms/biases (AdamW here decays all by default)
+} peri_tparam;
+
+typedef struct peri_trainer {
+    int arch;                        // enum peri_tr_arch
+    char *config_text;               // config.json as read (written back with checkpoints)
+    size_t config_len;
+    // hyperparameters (PLDR: D, L, H, d, F, Fa, n_res, n_dense; PLM: D, L, H, nope, rope, dv, rank, F)
+    int64_t V, D, L, H, d, F, Fa, n_res, n_dense, nope, rope, dv, rank, n_ctx;
+    double theta;
+    float eps;
+    bool interleaved, tied, attn_bias, glu_bias, final_bias;
+    int32_t pad_id, eos_id, bos_id;
+    // parameters: flat float32 values and gradients
+    int n_params;
+    peri_tparam *params;
+    size_t n_total;
+    float *w, *g;
+    float *cos_tab, *sin_tab;        // RoPE [n_ctx][n_rot/2], the same table the inference code builds
+    peri_pool *pool;                 // may be NULL (single thread)
+} peri_trainer;
+
+// Loads a model folder / safetensors / gguf (float weights) into a trainer. n_threads <= 0: physical cores.
+int peri_trainer_load(const char *path, int n_threads, peri_trainer **out);
+void peri_trainer_free(peri_trainer *t);
+const peri_tparam *peri_trainer_find(const peri_trainer *t, const char *name);
+
+struct peri_tr_opts {
+    bool backward;        // compute gradients (accumulated into t->g)
+    double grad_scale;    // d(total)/d(this batch's loss): 1, or 1/accumulation steps
+    bool mask_pad_keys;   // original PLDR convention: keys whose id is pad_id (0) are never attended to
+    double dag_coef[3];   // PLDR DAG loss coefficients for L_A, L_Ap, L_G (added to the loss)
+    bool dag_eval;        // compute the DAG terms even when the coefficients are 0
+    double *dag_per_head; // optional out: [3][L][B][H] per-head terms (before the mean)
+    float *logits_out;    // optional out: [B,T,V] logits
+};
+struct peri_tr_result {
+    double loss;          // mean cross-entropy over the labelled positions
+    int64_t n_terms;      // labelled positions
+    double dag[3];        // L_A, L_Ap, L_G (when computed)
+    double total;         // loss + sum coef * dag
+};
+
+// Forward (and backward) of a batch of B rows of T ids. labels [B,T]: the target of each position, or
+// < 0 to ignore it. peri_tr_labels_hf fills the Hugging Face causal-LM labels (ids shifted by one).
+int peri_trainer_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, int B, int T,
+                     const struct peri_tr_opts *o, struct peri_tr_result *r);
+void peri_tr_labels_hf(int32_t *labels, const int32_t *ids, int B, int T);
+void peri_trainer_zero_grad(peri_trainer *t);
+
+// log(tr(expm(X))) in double without overflow (scaling and squaring with renormalisation). If grad is
+// not NULL it receives d log tr(expm(X)) / dX = expm(X)^T / tr(expm(X)). work: 4*d*d doubles.
+double peri_tr_log_trace_expm(const double *X, int d, double *grad, double *work);
+
+// AdamW (torch semantics, decoupled weight decay): p <- p(1 - lr wd); m, v moments; bias-corrected step.
+struct peri_adamw { double lr, beta1, beta2, eps, weight_decay; };
+void peri_adamw_step(float *p, const float *g, float *m, float *v, size_t n, const struct peri_adamw *h, int64_t step);
+void peri_adamw_step_ref(float *p, const float *g, float *m, float *v, size_t n, const struct peri_adamw *h,
+                         int64_t step);
+// Gradient clipping: by value (each entry into [-c, c]) and by global L2 norm (returns the norm before).
+void peri_clip_value(float *g, size_t n, float c);
+double peri_clip_norm(float *g, size_t n, double max_norm);
+
+// Learning-rate schedules. step counts from 0.
+enum peri_sched { PERI_SCHED_CONST = 0, PERI_SCHED_COSINE = 1, PERI_SCHED_WSD = 2 };
+struct peri_schedule {
+    int kind;
+    double lr, min_lr;            // peak and floor
+    int64_t warmup, total;        // warmup steps; total steps (cosine ends, WSD decay ends, at total)
+    int64_t decay;                // WSD: steps of the decay phase (ending at total); constant at min_lr after
+};
+double peri_schedule_lr(const struct peri_schedule *s, int64_t step);
+
+// Writes dir/config.json and dir/model.safetensors (float32, the same names as loaded).
+int peri_trainer_save(const peri_trainer *t, const char *dir);
+
+// Threaded float32 linear layers (the trainer's big products); _ref: the scalar ops of tops.h.
+void peri_tr_lin_fwd(peri_pool *pool, float *y, const float *x, const float *W, const float *b, int64_t n, int64_t K,
+                     int64_t M);
+void peri_tr_lin_bwd(peri_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x, const float *W,
+                     int64_t n, int64_t K, int64_t M);
+
+// Architecture entry points (train/pldr_train.c, train/plm_train.c).
+int peri_tr_pldr_params(peri_trainer *t, const json_value *cfg);
+int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, int B, int T,
+                     const struct peri_tr_opts *o, struct peri_tr_result *r);
+int peri_tr_plm_params(peri_trainer *t, const json_value *cfg);
+int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, int B, int T,
+                    const struct peri_tr_opts *o, struct peri_tr_result *r);
+// Adds a parameter to the table (during *_params); returns its index or a negative status.
+int peri_tr_add_param(peri_trainer *t, const char *name, int n_dims, const int64_t *shape);
+
+#endif
