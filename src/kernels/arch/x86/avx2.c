@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels; compiled for x86-64 only and chosen at run time by kernels/dispatch.c.
 #if defined(__x86_64__)
 #include "kernels/kernels_impl.h"
+#include "tensor/quants.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -21,6 +22,20 @@
 
 PERI_INLINE __m256 ld_w(int wt, const char *w, int64_t k) {
     if (wt == PERI_TYPE_F32) return _mm256_loadu_ps((const float *)w + k);
+    // Block types: K is a multiple of 32, so k is 8-aligned and 8 values never straddle a block. The
+    // products q * d round exactly as the reference dequantization does.
+    if (wt == PERI_TYPE_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)w + (k >> 5);
+        __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + (k & 24)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(_cvtsh_ss(b->d)));
+    }
+    if (wt == PERI_TYPE_Q4_0) { // values 0..15 in the low nibbles, 16..31 in the high ones
+        const block_q4_0 *b = (const block_q4_0 *)w + (k >> 5);
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + (k & 8))));
+        v = (k & 16) ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8))),
+                             _mm256_set1_ps(_cvtsh_ss(b->d)));
+    }
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
     if (wt == PERI_TYPE_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -28,6 +43,7 @@ PERI_INLINE __m256 ld_w(int wt, const char *w, int64_t k) {
 
 // The last K % 8 values of a row, zero-padded to a full vector (AVX2 has no masked 16-bit loads).
 PERI_INLINE __m256 ld_w_tail(int wt, const char *w, int64_t k, int64_t left) {
+    if (wt == PERI_TYPE_Q8_0 || wt == PERI_TYPE_Q4_0) return ld_w(wt, w, k); // never partial
     size_t esz = wt == PERI_TYPE_F32 ? 4 : 2;
     _Alignas(32) char buf[32] = {0};
     memcpy(buf, w + (size_t)k * esz, (size_t)left * esz);
@@ -143,6 +159,14 @@ static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *
 static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
     mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_Q8_0, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_Q4_0, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
@@ -317,6 +341,8 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+        [PERI_TYPE_Q8_0] = {mm_q8_0, PERI_TYPE_F32},
+        [PERI_TYPE_Q4_0] = {mm_q4_0, PERI_TYPE_F32},
     },
     .dot = dot,
     .axpy = axpy,

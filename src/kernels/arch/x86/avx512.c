@@ -1,6 +1,7 @@
 // AVX-512 (F/BW/VL/DQ) kernels; compiled for x86-64 only and chosen at run time by kernels/dispatch.c.
 #if defined(__x86_64__)
 #include "kernels/kernels_impl.h"
+#include "tensor/quants.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -23,6 +24,20 @@
 // 16 weights of row w starting at k, as float32 (masked: missing lanes read as 0).
 PERI_INLINE __m512 ld_w(int wt, const char *w, int64_t k) {
     if (wt == PERI_TYPE_F32) return _mm512_loadu_ps((const float *)w + k);
+    // Block types: K is a multiple of 32, so k is 16-aligned and 16 values never straddle a block. The
+    // products q * d round exactly as the reference dequantization does.
+    if (wt == PERI_TYPE_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)w + (k >> 5);
+        __m128i q = _mm_loadu_si128((const __m128i *)(b->qs + (k & 16)));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(_cvtsh_ss(b->d)));
+    }
+    if (wt == PERI_TYPE_Q4_0) { // values 0..15 in the low nibbles, 16..31 in the high ones
+        const block_q4_0 *b = (const block_q4_0 *)w + (k >> 5);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs));
+        v = (k & 16) ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15));
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8))),
+                             _mm512_set1_ps(_cvtsh_ss(b->d)));
+    }
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
     if (wt == PERI_TYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -30,6 +45,7 @@ PERI_INLINE __m512 ld_w(int wt, const char *w, int64_t k) {
 
 PERI_INLINE __m512 ld_w_mask(int wt, const char *w, int64_t k, __mmask16 m) {
     if (wt == PERI_TYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    if (wt == PERI_TYPE_Q8_0 || wt == PERI_TYPE_Q4_0) return ld_w(wt, w, k); // never partial
     __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
     if (wt == PERI_TYPE_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -135,6 +151,14 @@ static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *
 static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
     mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_Q8_0, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void mm_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    mm_body(PERI_TYPE_Q4_0, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
@@ -300,6 +324,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+        [PERI_TYPE_Q8_0] = {mm_q8_0, PERI_TYPE_F32},
+        [PERI_TYPE_Q4_0] = {mm_q4_0, PERI_TYPE_F32},
     },
     .dot = dot,
     .axpy = axpy,
