@@ -177,6 +177,35 @@ static void run_fixture(const char *shared, const char *name, bool pldr) {
             CHECKF(w < 1e-5, "%s per head: relative diff %.3g", dp[k], w);
             printf("  %s %.6f (ref %.6f)\n", dn[k], r.dag[k], ref ? ref[0] : 0);
         }
+        // the DAG loss's gradient: directional finite difference of the total loss along the gradient
+        {
+            double coef[3] = {0.05, 0.05, 0.2};
+            struct peri_tr_opts o3 = {.backward = true, .grad_scale = 1, .mask_pad_keys = true};
+            memcpy(o3.dag_coef, coef, sizeof coef);
+            peri_trainer_zero_grad(t);
+            CHECK(peri_trainer_run(t, ids2, lab2, B, Ti, &o3, &r) == PERI_OK);
+            CHECK(fabs(r.total - (r.loss + coef[0] * r.dag[0] + coef[1] * r.dag[1] + coef[2] * r.dag[2])) < 1e-9);
+            double gn = 0;
+            for (size_t i = 0; i < t->n_total; i++) gn += (double)t->g[i] * t->g[i];
+            gn = sqrt(gn);
+            float *w0 = malloc(sizeof(float) * t->n_total), *u = malloc(sizeof(float) * t->n_total);
+            memcpy(w0, t->w, sizeof(float) * t->n_total);
+            for (size_t i = 0; i < t->n_total; i++) u[i] = (float)(t->g[i] / gn);
+            const double step = 2e-3;
+            struct peri_tr_opts of = o3;
+            of.backward = false;
+            struct peri_tr_result rp, rm;
+            for (size_t i = 0; i < t->n_total; i++) t->w[i] = w0[i] + (float)step * u[i];
+            peri_trainer_run(t, ids2, lab2, B, Ti, &of, &rp);
+            for (size_t i = 0; i < t->n_total; i++) t->w[i] = w0[i] - (float)step * u[i];
+            peri_trainer_run(t, ids2, lab2, B, Ti, &of, &rm);
+            memcpy(t->w, w0, sizeof(float) * t->n_total);
+            double fd = (rp.total - rm.total) / (2 * step);
+            CHECKF(fabs(fd - gn) < 0.005 * gn, "DAG loss: directional FD %.6f vs |grad| %.6f", fd, gn);
+            printf("  DAG loss gradient: directional FD %.5f vs |grad| %.5f\n", fd, gn);
+            free(w0);
+            free(u);
+        }
         free(per_head);
         free(ids2);
         free(lab2);
