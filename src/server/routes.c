@@ -1,5 +1,5 @@
 // Request handlers of `peri serve`: the OpenAI endpoints (/v1/models, /v1/completions,
-// /v1/chat/completions, with or without streaming), /tokenize, /detokenize, /health, /metrics and the chat
+// /v1/chat/completions, with or without streaming), /v1/classify, /tokenize, /detokenize, /health, /metrics and the chat
 // page. Each handler validates the JSON body into tasks, submits them to the scheduler and writes the
 // results as they arrive, cancelling the tasks if the client goes away.
 #include "server/server.h"
@@ -96,6 +96,7 @@ static void write_request_free(srv_request *r) {
         free(t->out_ids);
         srv_lp_free(&t->lp);
         srv_lp_free(&t->prompt_lp);
+        free(t->cls_logits);
     }
     free(r->tasks);
     pthread_mutex_destroy(&r->mu);
@@ -187,33 +188,39 @@ static bool parse_common(srv_app *app, const json_value *body, bool chat, srv_ta
     return true;
 }
 
-static bool check_prompt(srv_app *app, const peri_token *ids, int64_t n, int idx, err *e) {
+// key names the request field ("prompt" or "input") in the messages.
+static bool check_prompt(srv_app *app, const char *key, const peri_token *ids, int64_t n, int idx, err *e) {
     const int V = peri_model_n_vocab(app->model), C = srv_sched_n_ctx(app->sched);
-    if (n <= 0) return fail(e, 400, "prompt %d has no tokens: these models add no BOS token, so generation needs at least one", idx);
-    if (n > C) return fail(e, 400, "prompt %d has %lld tokens, more than the context of %d tokens (--ctx)", idx, (long long)n, C);
+    if (n <= 0) {
+        if (!strcmp(key, "input")) return fail(e, 400, "input %d has no tokens: give at least one", idx);
+        return fail(e, 400, "prompt %d has no tokens: these models add no BOS token, so generation needs at least one", idx);
+    }
+    if (n > C) return fail(e, 400, "%s %d has %lld tokens, more than the context of %d tokens (--ctx)", key, idx, (long long)n, C);
     for (int64_t k = 0; k < n; k++)
-        if (ids[k] < 0 || ids[k] >= V) return fail(e, 400, "prompt %d: token id %d at position %lld is outside the vocabulary (0..%d)", idx, ids[k], (long long)k, V - 1);
+        if (ids[k] < 0 || ids[k] >= V) return fail(e, 400, "%s %d: token id %d at position %lld is outside the vocabulary (0..%d)", key, idx, ids[k], (long long)k, V - 1);
     return true;
 }
 
-// Prompt forms of /v1/completions: "text", ["text", ...], [id, ...], [[id, ...], ...].
-static bool parse_prompts(srv_app *app, const json_value *p, peri_token **ids, int *n_ids, char **texts, int *n, err *e) {
+// Prompt forms of /v1/completions ('prompt') and /v1/classify ('input'): "text", ["text", ...], [id, ...],
+// [[id, ...], ...].
+static bool parse_prompts(srv_app *app, const json_value *p, const char *key, peri_token **ids, int *n_ids, char **texts,
+                          int *n, err *e) {
     *n = 0;
-    if (absent(p)) return fail(e, 400, "'prompt' is required");
+    if (absent(p)) return fail(e, 400, "'%s' is required", key);
     const json_value *one = p;
     size_t count = 1;
     bool list_of = false;
     if (p->type == JSON_ARRAY) {
-        if (p->len == 0) return fail(e, 400, "'prompt' is an empty list");
+        if (p->len == 0) return fail(e, 400, "'%s' is an empty list", key);
         if (p->items[0].type == JSON_STRING || p->items[0].type == JSON_ARRAY) { list_of = true; count = p->len; one = p->items; }
     }
-    if (count > SRV_MAX_PROMPTS) return fail(e, 400, "'prompt' has %zu prompts; at most %d are allowed in one request", count, SRV_MAX_PROMPTS);
+    if (count > SRV_MAX_PROMPTS) return fail(e, 400, "'%s' has %zu %ss; at most %d are allowed in one request", key, count, key, SRV_MAX_PROMPTS);
     for (size_t i = 0; i < count; i++) {
         const json_value *q = list_of ? &one[i] : one;
         if (q->type == JSON_STRING) {
-            if (!app->tok) return fail(e, 400, "this model has no tokenizer: send the prompt as token ids ([1, 2, 3])");
+            if (!app->tok) return fail(e, 400, "this model has no tokenizer: send the %s as token ids ([1, 2, 3])", key);
             int64_t got = tokenize_alloc(app->tok, q->str, q->len, false, &ids[i]);
-            if (got < 0) return fail(e, 400, "cannot tokenize prompt %zu: %s", i, peri_last_error());
+            if (got < 0) return fail(e, 400, "cannot tokenize %s %zu: %s", key, i, peri_last_error());
             texts[i] = malloc(q->len + 1);
             if (!texts[i]) return fail(e, 500, "out of memory");
             memcpy(texts[i], q->str, q->len + 1);
@@ -224,15 +231,15 @@ static bool parse_prompts(srv_app *app, const json_value *p, peri_token **ids, i
             for (size_t k = 0; k < q->len; k++) {
                 const json_value *v = &q->items[k];
                 if (v->type != JSON_NUMBER || !v->is_integer || v->integer < INT32_MIN || v->integer > INT32_MAX)
-                    return fail(e, 400, "'prompt': a list of token ids must hold integers only");
+                    return fail(e, 400, "'%s': a list of token ids must hold integers only", key);
                 ids[i][k] = (peri_token)v->integer;
             }
             n_ids[i] = (int)q->len;
         } else {
-            return fail(e, 400, "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists");
+            return fail(e, 400, "'%s' must be a string, a list of strings, a list of token ids or a list of such lists", key);
         }
         *n = (int)i + 1;
-        if (!check_prompt(app, ids[i], n_ids[i], (int)i, e)) return false;
+        if (!check_prompt(app, key, ids[i], n_ids[i], (int)i, e)) return false;
     }
     return true;
 }
@@ -598,8 +605,24 @@ static void run_request(srv_conn *c, srv_request *r, const gen_opts *o) {
 // ---------------------------------------------------------------------------------------------------------
 // Handlers
 
+static const char *head_name(int32_t head) {
+    switch (head) {
+    case PERI_HEAD_SEQ_CLS: return "sequence_classification";
+    case PERI_HEAD_TOKEN_CLS: return "token_classification";
+    case PERI_HEAD_QA: return "question_answering";
+    default: return "lm";
+    }
+}
+
 static void handle_generate(srv_conn *c, const json_value *body, bool chat) {
     srv_app *app = c->app;
+    const int32_t head = peri_model_head(app->model);
+    if (head != PERI_HEAD_LM) {
+        // Its logits rows are labels, not tokens: sampling them would produce label ids as text.
+        srv_send_error(c, 400, "invalid_request_error", "this model has a %s head, not a language-model head, so it "
+                       "cannot generate text%s", head_name(head), head == PERI_HEAD_SEQ_CLS ? "; use POST /v1/classify" : "");
+        return;
+    }
     err e = {0};
     gen_opts o = {0};
     srv_request r = {0};
@@ -615,10 +638,10 @@ static void handle_generate(srv_conn *c, const json_value *body, bool chat) {
         if (ok) {
             int64_t got = tokenize_alloc(app->tok, chat_text, strlen(chat_text), true, &ids[0]);
             if (got < 0) ok = fail(&e, 400, "cannot tokenize the rendered chat: %s", peri_last_error());
-            else { n_ids[0] = (int)got; n = 1; ok = check_prompt(app, ids[0], got, 0, &e); }
+            else { n_ids[0] = (int)got; n = 1; ok = check_prompt(app, "prompt", ids[0], got, 0, &e); }
         }
     } else if (ok) {
-        ok = parse_prompts(app, json_get(body, "prompt"), ids, n_ids, o.echo_text, &n, &e);
+        ok = parse_prompts(app, json_get(body, "prompt"), "prompt", ids, n_ids, o.echo_text, &n, &e);
     }
     if (ok) {
         r.tasks = calloc((size_t)n, sizeof *r.tasks);
@@ -646,6 +669,143 @@ static void handle_generate(srv_conn *c, const json_value *body, bool chat) {
     for (int k = 0; k < tmpl.n_stop; k++) free(tmpl.stop[k]);
     for (int i = 0; i < SRV_MAX_PROMPTS; i++) { free(ids[i]); free(o.echo_text[i]); }
     free(chat_text);
+    write_request_free(&r);
+}
+
+// Probabilities as the Hugging Face text-classification pipeline (and `peri classify`): softmax for single-label
+// models, sigmoid for multi_label_classification, the raw value for regression.
+static void cls_scores(int32_t problem, const float *lg, int K, double *p) {
+    if (problem == PERI_PROBLEM_MULTI_LABEL) {
+        for (int i = 0; i < K; i++) p[i] = 1.0 / (1.0 + exp(-(double)lg[i]));
+    } else if (problem == PERI_PROBLEM_REGRESSION) {
+        for (int i = 0; i < K; i++) p[i] = lg[i];
+    } else {
+        double mx = lg[0], sum = 0;
+        for (int i = 1; i < K; i++) mx = lg[i] > mx ? lg[i] : mx;
+        for (int i = 0; i < K; i++) sum += (p[i] = exp(lg[i] - mx));
+        for (int i = 0; i < K; i++) p[i] /= sum;
+    }
+}
+
+static void write_label(sbuf *b, const peri_model *m, int i) {
+    const char *l = peri_model_label(m, i);
+    if (l) sb_json_str(b, l, strlen(l));
+    else sb_printf(b, "\"LABEL_%d\"", i);   // the name HF gives labels without id2label
+}
+
+// POST /v1/classify: {"input": "text" | ["text", ...] | [id, ...] | [[id, ...], ...]}. Each input is one
+// scheduler task (a prefill of its own slot); the answer lists the label, probabilities and raw logits of each.
+static void handle_classify(srv_conn *c, const json_value *body) {
+    srv_app *app = c->app;
+    const peri_model *m = app->model;
+    const int32_t head = peri_model_head(m);
+    if (head != PERI_HEAD_SEQ_CLS) {
+        srv_send_error(c, 400, "invalid_request_error", "the model has no classification head: /v1/classify needs a "
+                       "…ForSequenceClassification checkpoint (config.json architectures), and this model has a %s head",
+                       head_name(head));
+        return;
+    }
+    const int K = peri_model_n_outputs(m);
+    err e = {0};
+    srv_request r = {0};
+    pthread_mutex_init(&r.mu, NULL);
+    pthread_cond_init(&r.cv, NULL);
+    peri_token *ids[SRV_MAX_PROMPTS] = {0};
+    char *texts[SRV_MAX_PROMPTS] = {0};
+    int n_ids[SRV_MAX_PROMPTS] = {0}, n = 0;
+    bool ok = parse_prompts(app, json_get(body, "input"), "input", ids, n_ids, texts, &n, &e);
+    if (ok) {
+        r.tasks = calloc((size_t)n, sizeof *r.tasks);
+        if (!r.tasks) ok = fail(&e, 500, "out of memory");
+    }
+    for (int i = 0; ok && i < n; i++) {
+        srv_task *t = &r.tasks[i];
+        r.n_tasks = i + 1;
+        t->req = &r;
+        t->index = i;
+        t->classify = true;
+        t->prompt = ids[i];
+        t->n_prompt = n_ids[i];
+        ids[i] = NULL;
+        t->pool = peri_seq_cls_pool_index(m, t->prompt, t->n_prompt);
+        t->cls_logits = malloc(sizeof(float) * (size_t)K);
+        if (!t->cls_logits) ok = fail(&e, 500, "out of memory");
+        else if (t->pool != t->n_prompt - 1 && !srv_sched_prompt_logprobs(app->sched))
+            ok = fail(&e, 501, "input %d ends in padding (pad id %d), so its pooled token is not the last one; that needs "
+                      "every row's logits, which this server was started without (restart without --no-prompt-logprobs, "
+                      "or with a smaller --ctx / -np), or send the input without the trailing padding", i, peri_model_pad(m));
+    }
+    if (ok && srv_sched_submit(app->sched, &r) != 0)
+        ok = fail(&e, 503, "the request queue is full (%d waiting); retry later", app->cfg.max_queue);
+    if (!ok) {
+        srv_send_error(c, e.status, e.status == 503 ? "server_busy" : e.type, "%s", e.msg);
+        goto done;
+    }
+    // Wait for every task; the scheduler holds pointers into r until then, even after the client is gone.
+    bool gone = false;
+    pthread_mutex_lock(&r.mu);
+    while (r.n_done < r.n_tasks) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&r.cv, &r.mu, &ts);
+        if (r.n_done == r.n_tasks || gone) continue;
+        pthread_mutex_unlock(&r.mu);
+        if (srv_peer_closed(c) || atomic_load(&app->stopping)) {
+            gone = true;
+            atomic_store(&r.cancelled, true);
+        }
+        pthread_mutex_lock(&r.mu);
+    }
+    pthread_mutex_unlock(&r.mu);
+    if (gone) { c->failed = true; goto done; }
+    for (int i = 0; i < r.n_tasks; i++) {
+        const srv_task *t = &r.tasks[i];
+        if (t->finish_reason) continue;
+        int st = t->error_status ? t->error_status : 500;
+        srv_send_error(c, st, st < 500 ? "invalid_request_error" : "server_error", "%s", t->error);
+        goto done;
+    }
+    double *p = malloc(sizeof(double) * (size_t)K);
+    if (!p) { srv_send_error(c, 500, "server_error", "out of memory"); goto done; }
+    const int32_t problem = peri_model_problem_type(m);
+    sbuf b = {0};
+    long long n_tok = 0;
+    sb_puts(&b, "{\"object\":\"list\",\"model\":");
+    sb_json_str(&b, app->cfg.model_name, strlen(app->cfg.model_name));
+    sb_puts(&b, ",\"data\":[");
+    for (int i = 0; i < r.n_tasks; i++) {
+        const srv_task *t = &r.tasks[i];
+        n_tok += t->n_prompt;
+        cls_scores(problem, t->cls_logits, K, p);
+        int best = 0;
+        for (int k = 1; k < K; k++) if (p[k] > p[best]) best = k;
+        sb_printf(&b, "%s{\"object\":\"classification\",\"index\":%d,\"label\":", i ? "," : "", i);
+        write_label(&b, m, best);
+        sb_puts(&b, ",\"score\":");
+        sb_json_num(&b, p[best]);
+        sb_puts(&b, ",\"scores\":{");
+        for (int k = 0; k < K; k++) {
+            if (k) sb_puts(&b, ",");
+            write_label(&b, m, k);
+            sb_puts(&b, ":");
+            sb_json_num(&b, p[k]);
+        }
+        sb_puts(&b, "},\"logits\":[");
+        for (int k = 0; k < K; k++) {
+            if (k) sb_puts(&b, ",");
+            sb_json_num(&b, t->cls_logits[k]);
+        }
+        sb_printf(&b, "],\"n_tokens\":%d}", t->n_prompt);
+    }
+    sb_printf(&b, "],\"usage\":{\"prompt_tokens\":%lld,\"total_tokens\":%lld}}", n_tok, n_tok);
+    if (b.oom) srv_send_error(c, 500, "server_error", "out of memory");
+    else srv_send(c, 200, "application/json", b.p, b.n, NULL);
+    sb_free(&b);
+    free(p);
+done:
+    for (int i = 0; i < SRV_MAX_PROMPTS; i++) { free(ids[i]); free(texts[i]); }
     write_request_free(&r);
 }
 
@@ -723,10 +883,12 @@ static void handle_models(srv_conn *c) {
     sb_puts(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
     sb_json_str(&b, name, strlen(name));
     sb_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"peri\",\"meta\":{\"arch\":\"%s\",\"n_vocab\":%d,"
-              "\"n_ctx\":%d,\"n_ctx_train\":%d,\"slots\":%d,\"chat_template\":%s,\"tokenizer\":%s}}]}",
+              "\"n_ctx\":%d,\"n_ctx_train\":%d,\"slots\":%d,\"chat_template\":%s,\"tokenizer\":%s,\"head\":\"%s\","
+              "\"n_outputs\":%d}}]}",
               (long long)time(NULL), peri_model_arch(app->model), peri_model_n_vocab(app->model),
               srv_sched_n_ctx(app->sched), peri_model_n_ctx_train(app->model), srv_sched_n_slots(app->sched),
-              app->cfg.chat_template ? "true" : "false", app->tok ? "true" : "false");
+              app->cfg.chat_template ? "true" : "false", app->tok ? "true" : "false",
+              head_name(peri_model_head(app->model)), peri_model_n_outputs(app->model));
     srv_send(c, 200, "application/json", b.p, b.n, NULL);
     sb_free(&b);
 }
@@ -806,13 +968,13 @@ void srv_route(srv_conn *c, const http_request *req, const char *body, size_t bo
         return;
     }
     static const char *const gets[] = {"/models", "/metrics"};
-    static const char *const posts[] = {"/completions", "/chat/completions", "/tokenize", "/detokenize"};
+    static const char *const posts[] = {"/completions", "/chat/completions", "/tokenize", "/detokenize", "/classify"};
     int gi = -1, pi = -1;
     for (int i = 0; i < 2; i++) if (http_span_eq(path, gets[i])) gi = i;
-    for (int i = 0; i < 4; i++) if (http_span_eq(path, posts[i])) pi = i;
+    for (int i = 0; i < 5; i++) if (http_span_eq(path, posts[i])) pi = i;
     if (gi < 0 && pi < 0) {
         srv_send_error(c, 404, "invalid_request_error", "no endpoint %.*s; see /v1/models, /v1/completions, /v1/chat/completions, "
-                       "/tokenize, /detokenize, /health, /metrics", (int)(req->path.n > 200 ? 200 : req->path.n), req->path.p);
+                       "/v1/classify, /tokenize, /detokenize, /health, /metrics", (int)(req->path.n > 200 ? 200 : req->path.n), req->path.p);
         return;
     }
     if (gi >= 0) {
@@ -828,6 +990,7 @@ void srv_route(srv_conn *c, const http_request *req, const char *body, size_t bo
     else if (pi == 0) handle_generate(c, j, false);
     else if (pi == 1) handle_generate(c, j, true);
     else if (pi == 2) handle_tokenize(c, j);
+    else if (pi == 4) handle_classify(c, j);
     else handle_detokenize(c, j);
     json_free(j);
 }

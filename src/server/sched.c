@@ -1,7 +1,8 @@
 // Continuous batching for `peri serve`: one thread owns the peri_context. Each iteration it drops
 // cancelled tasks, admits at most one queued task into a free slot (its prompt is prefilled alone, as
 // PLDR-LLM computes G at prefill), then runs one decode step for every generating slot as one rectangular
-// batch (one token per row, seq_ids = slots) and samples each row with the slot's own sampler.
+// batch (one token per row, seq_ids = slots) and samples each row with the slot's own sampler. A
+// classification task is only its prefill: the pooled row is copied out and the slot is free again.
 #include "server/server.h"
 
 #include "core/error.h"
@@ -29,7 +30,7 @@ struct srv_sched {
     peri_context *ctx;
     const peri_tokenizer *tok;
     struct srv_sched_params p;
-    int n_vocab;
+    int n_vocab;              // width of a logits row: the vocabulary, or a task head's outputs
     peri_token eos;
     slot *slots;
     // queue (under mu)
@@ -281,6 +282,33 @@ static void slot_prefill(srv_sched *s, int i) {
     slot_step(s, i, last);
 }
 
+// Prefills slot i's input alone and hands the pooled row of logits to the task. The pooled token is the
+// last one unless the ids end in padding; then every row is needed (the handler has checked that the
+// context allows it), as the whole input still goes through the model (PLDR-LLM's G depends on all of it).
+static void slot_classify(srv_sched *s, int i) {
+    srv_task *t = s->slots[i].task;
+    peri_seq_clear(s->ctx, i);
+    int32_t seq = i;
+    const bool all = t->pool != t->n_prompt - 1;
+    struct peri_batch b = {.n_seq = 1, .n_tokens = t->n_prompt, .seq_ids = &seq, .tokens = t->prompt, .logits_all = all};
+    double t0 = srv_now();
+    if (peri_decode(s->ctx, &b) != PERI_OK) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "classification failed: %s", peri_last_error());
+        slot_end(s, i, NULL, 500, msg);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->m.prefill_seconds += srv_now() - t0;
+    s->m.prompt_tokens += (uint64_t)t->n_prompt;
+    pthread_mutex_unlock(&s->mu);
+    const float *row = peri_get_logits(s->ctx) + (all ? (size_t)t->pool * (size_t)s->n_vocab : 0);
+    pthread_mutex_lock(&t->req->mu);
+    memcpy(t->cls_logits, row, sizeof(float) * (size_t)s->n_vocab);
+    pthread_mutex_unlock(&t->req->mu);
+    slot_end(s, i, "stop", 0, NULL);
+}
+
 static void *sched_main(void *arg) {
     srv_sched *s = arg;
     const int N = s->p.n_slots;
@@ -324,7 +352,9 @@ static void *sched_main(void *arg) {
         }
         if (admitted >= 0 && s->slots[admitted].task) {
             slot *sl = &s->slots[admitted];
-            if (peri_sampler_init(sl->task->sp, s->n_vocab, &sl->smp) != PERI_OK) {
+            if (sl->task->classify) {
+                slot_classify(s, admitted);
+            } else if (peri_sampler_init(sl->task->sp, s->n_vocab, &sl->smp) != PERI_OK) {
                 char msg[256];
                 snprintf(msg, sizeof msg, "bad sampling parameters: %s", peri_last_error());
                 slot_end(s, admitted, NULL, 400, msg);
@@ -381,7 +411,7 @@ int srv_sched_new(peri_model *model, const struct srv_sched_params *p, srv_sched
     s->p = *p;
     if (s->p.max_queue <= 0) s->p.max_queue = 256;
     s->tok = peri_model_tokenizer(model);
-    s->n_vocab = peri_model_n_vocab(model);
+    s->n_vocab = peri_model_n_outputs(model);
     s->eos = peri_model_eos(model);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

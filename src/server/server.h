@@ -1,5 +1,5 @@
 // `peri serve` internals: an OpenAI-compatible HTTP server. One scheduler thread owns the peri_context and
-// batches the decode steps of all running requests (sched.c); each connection has its own thread (server.c)
+// batches the decode steps of all running requests, and runs classification prefills (sched.c); each connection has its own thread (server.c)
 // that parses requests (http.c) and runs the handlers (routes.c), which submit tasks and stream results.
 #ifndef PERI_SERVER_SERVER_H
 #define PERI_SERVER_SERVER_H
@@ -47,7 +47,10 @@ typedef struct srv_task {
     bool prompt_logprobs;           // echo + logprobs: log-probabilities of the prompt tokens
     bool chat;                      // also stop at end-of-turn tokens
     bool ignore_eos;
+    bool classify;                  // sequence classification: one prefill, row `pool` captured, no sampling
+    int pool;                       // the pooled token (rightmost non-pad), 0..n_prompt-1
     // outputs (under req->mu)
+    float *cls_logits;              // classify: [peri_model_n_outputs()], allocated by the handler
     sbuf text;                      // generated text that is final (stop strings removed)
     int32_t *out_ids;               // generated tokens
     size_t n_out, cap_out;
@@ -87,7 +90,8 @@ typedef struct srv_sched srv_sched;
 
 struct srv_sched_params {
     int n_slots, n_ctx, n_threads, max_queue;
-    bool prompt_logprobs;           // create the context with logits_all (needed for echo + logprobs)
+    bool prompt_logprobs;           // create the context with logits_all (needed for echo + logprobs, and to
+                                    // classify token ids that end in padding)
     peri_token stop_ids[16];        // end-of-generation tokens besides the model's EOS
     int n_stop_ids;
     peri_token chat_stop_ids[16];   // end-of-turn tokens (chat only)
