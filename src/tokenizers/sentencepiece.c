@@ -235,11 +235,37 @@ static int flatten_trie(peri_tokenizer *t) {
         if (parent == 0) t->trie_root[(uint8_t)k] = (int32_t)t->trie.vals[i];
     }
     free(fill);
+    // Nodes with many children (the pieces after "\xe2\x96\x81", common prefixes) get a direct 256-entry
+    // table: a linear scan over their sorted labels dominated encoding time.
+    size_t n_dense = 0;
+    for (size_t n = 1; n < nn; n++) n_dense += t->trie_off[n + 1] - t->trie_off[n] >= PERI_TRIE_DENSE_MIN;
+    t->trie_dense_idx = malloc(nn * sizeof *t->trie_dense_idx);
+    t->trie_dense = malloc((n_dense ? n_dense : 1) * 256 * sizeof *t->trie_dense);
+    if (!t->trie_dense_idx || !t->trie_dense) return peri_fail(PERI_E_NOMEM, "tokenizer: out of memory for the piece trie");
+    int32_t d = 0;
+    for (size_t n = 0; n < nn; n++) {
+        t->trie_dense_idx[n] = -1;
+        if (n == 0 || t->trie_off[n + 1] - t->trie_off[n] < PERI_TRIE_DENSE_MIN) continue;
+        int32_t *row = t->trie_dense + (size_t)d * 256;
+        for (int b = 0; b < 256; b++) row[b] = -1;
+        for (uint32_t i = t->trie_off[n]; i < t->trie_off[n + 1]; i++) row[t->trie_lab[i]] = (int32_t)t->trie_child[i];
+        t->trie_dense_idx[n] = d++;
+    }
+    t->trie_pay = malloc(nn * sizeof *t->trie_pay);
+    if (!t->trie_pay) return peri_fail(PERI_E_NOMEM, "tokenizer: out of memory for the piece trie");
+    for (size_t n = 0; n < nn; n++) {
+        int32_t id = t->trie_val[n];
+        const peri_tok_piece *p = id >= 0 ? &t->pieces[id] : NULL;
+        t->trie_pay[n].id = !p || p->type == PERI_TOK_UNUSED ? -1 : p->type == PERI_TOK_USER_DEFINED ? (id | PERI_TRIE_UD) : id;
+        t->trie_pay[n].score = p ? p->score : 0.0f;
+    }
     return PERI_OK;
 }
 
 static inline int64_t trie_next(const peri_tokenizer *t, uint64_t node, unsigned char c) {
     if (node == 0) return t->trie_root[c];
+    int32_t di = t->trie_dense_idx[node];
+    if (di >= 0) return t->trie_dense[(size_t)di * 256 + c];
     const uint8_t *lab = t->trie_lab;
     for (uint32_t i = t->trie_off[node], e = t->trie_off[node + 1]; i < e; i++) {
         if (lab[i] == c) return t->trie_child[i];
@@ -443,14 +469,12 @@ static int encode_unigram(const peri_tokenizer *t, const char *s, size_t n, peri
             int64_t child = trie_next(t, node, (unsigned char)s[k]);
             if (child < 0) break;
             node = (uint64_t)child;
-            int32_t id = t->trie_val[node];
-            if (id < 0) continue;
-            const peri_tok_piece *p = &t->pieces[id];
-            if (p->type == PERI_TOK_UNUSED) continue;
+            const struct peri_trie_pay pay = t->trie_pay[node];
+            if (pay.id < 0) continue;
+            const int32_t id = pay.id & ~PERI_TRIE_UD;
             size_t length = k + 1 - pos;
             // sentencepiece computes this in double and stores the best path score as float.
-            double score = p->type == PERI_TOK_USER_DEFINED ? (double)((float)length * t->max_score) - 0.1
-                                                           : (double)p->score;
+            double score = (pay.id & PERI_TRIE_UD) ? (double)((float)length * t->max_score) - 0.1 : (double)pay.score;
             double cand = score + (double)till_here;
             vnode *tn = &best[k + 1];
             if (tn->starts_at == -1 || cand > (double)tn->score) {

@@ -237,6 +237,9 @@ void peri_tokenizer_free(peri_tokenizer *t) {
     free(t->trie_off);
     free(t->trie_child);
     free(t->trie_lab);
+    free(t->trie_dense_idx);
+    free(t->trie_dense);
+    free(t->trie_pay);
     peri_u64map_free(&t->ud_trie);
     free(t->ud_val);
     peri_u64map_free(&t->merges);

@@ -4,6 +4,9 @@
 #ifndef PERI_TOKENIZERS_TOKENIZER_H
 #define PERI_TOKENIZERS_TOKENIZER_H
 
+#define PERI_TRIE_DENSE_MIN 12
+#define PERI_TRIE_UD 0x40000000
+
 #include "peri.h"
 
 #include <stdbool.h>
@@ -82,6 +85,11 @@ struct peri_tokenizer {
     // trie_off[n + 1]), sorted by label; the root's 256 children are in trie_root (-1 = none).
     uint32_t *trie_off, *trie_child;
     uint8_t *trie_lab;
+    // nodes with >= PERI_TRIE_DENSE_MIN children: trie_dense[trie_dense_idx[n] * 256 + byte] (-1 = none)
+    int32_t *trie_dense_idx, *trie_dense;
+    // node -> what Viterbi needs in one load: the piece id (-1: none or unused; | PERI_TRIE_UD for
+    // user-defined pieces, whose score depends on length) and its score
+    struct peri_trie_pay { int32_t id; float score; } *trie_pay;
     int32_t trie_root[256];
     bool ud_first[256];       // first bytes of user-defined symbols
     peri_u64map ud_trie;      // user-defined symbols trie (same layout), for the normalizer
