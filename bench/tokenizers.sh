@@ -25,11 +25,11 @@ best() { # best wall time of 3 runs of "$@" in seconds
 }
 echo "== $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p'), text: $bytes bytes, $(wc -l < "$tmp/lines.txt") lines"
 t=$(best spm_encode --model "$shared/tokenizers/pldr/tokenizer.model" --output_format=id "$tmp/lines.txt")
-echo "spm_encode (sentencepiece $(dpkg-query -W -f '${Version}' sentencepiece)), PLDR unigram: $t s, $(echo "$bytes / $t / 1e6" | bc -l | xargs printf %.2f) MB/s"
+echo "spm_encode (sentencepiece $(dpkg-query -W -f '${Version}' sentencepiece)), PLDR unigram: $t s, $(echo "$bytes / $t / 1000000" | bc -l | xargs printf %.2f) MB/s"
 t=$(best "$peri" tokenize -m "$shared/tokenizers/pldr/tokenizer.model" --jsonl "$tmp/lines.jsonl")
-echo "peri tokenize, PLDR unigram:                 $t s, $(echo "$bytes / $t / 1e6" | bc -l | xargs printf %.2f) MB/s"
+echo "peri tokenize, PLDR unigram:                 $t s, $(echo "$bytes / $t / 1000000" | bc -l | xargs printf %.2f) MB/s"
 t=$(best "$peri" tokenize -m "$shared/tokenizers/qwen2" --jsonl "$tmp/lines.jsonl")
-echo "peri tokenize, Qwen2 byte-level BPE:         $t s, $(echo "$bytes / $t / 1e6" | bc -l | xargs printf %.2f) MB/s"
+echo "peri tokenize, Qwen2 byte-level BPE:         $t s, $(echo "$bytes / $t / 1000000" | bc -l | xargs printf %.2f) MB/s"
 # same ids as the reference
 spm_encode --model "$shared/tokenizers/pldr/tokenizer.model" --output_format=id "$tmp/lines.txt" > "$tmp/spm.ids"
 "$peri" tokenize -m "$shared/tokenizers/pldr/tokenizer.model" --jsonl "$tmp/lines.jsonl" > "$tmp/peri.ids"
