@@ -32,7 +32,7 @@ int peri_context_init(peri_model *model, struct peri_context_params params, peri
     c->params = params;
     c->pool = peri_pool_new(params.n_threads);
     c->seq_len = calloc((size_t)params.n_seq_max, sizeof(int32_t));
-    size_t n_logits = (size_t)params.n_seq_max * (size_t)(params.logits_all ? params.n_batch : 1) * (size_t)(model->n_out > model->n_vocab ? model->n_out : model->n_vocab);
+    size_t n_logits = (size_t)params.n_seq_max * (size_t)(params.logits_all ? params.n_batch : 1) * (size_t)model->n_out;
     c->logits = malloc(sizeof(float) * n_logits);
     if (!c->pool || !c->seq_len || !c->logits) {
         peri_context_free(c);

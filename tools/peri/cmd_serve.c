@@ -169,7 +169,7 @@ int peri_cmd_serve(int argc, char **argv) {
     sp.n_ctx = n_ctx ? (int)n_ctx : ctx_train;
     if (sp.n_ctx > ctx_train) { cli_error(cmd, "--ctx %d is more than the model's %d", sp.n_ctx, ctx_train); goto done; }
     // Prompt log-probabilities (echo + logprobs) need every prompt row's logits: np x ctx x vocab floats.
-    double lp_bytes = 4.0 * (double)np * sp.n_ctx * peri_model_n_vocab(model);
+    double lp_bytes = 4.0 * (double)np * sp.n_ctx * peri_model_n_outputs(model);
     sp.prompt_logprobs = prompt_lp && lp_bytes <= (double)(1u << 30);
     if (prompt_lp && !sp.prompt_logprobs)
         fprintf(stderr, "peri serve: prompt logprobs (echo + logprobs) are off: they would need %.0f MiB of logits; "
