@@ -51,6 +51,7 @@ static void usage(void) {
             "  --save-every N    checkpoint every N steps (default: only at the end)\n"
             "  --log-every N     progress line every N steps (default 1)\n"
             "  --seed N          data order (default 1)\n"
+            "  --stop-after N    stop (and save) after step N, keeping the schedule of --steps; --resume continues\n"
             "  -t N              threads (default: physical cores)\n");
 }
 
@@ -357,7 +358,7 @@ static double validate(peri_trainer *t, const peri_token *chunks, int64_t first,
 int peri_cmd_train(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *out_dir = NULL, *resume = NULL, *tok_path = NULL, *sched = "cosine";
     long seq = 128, batch = 8, accum = 1, steps = 100, warmup = -1, decay_steps = -1, val_every = 50, save_every = 0;
-    long log_every = 1, seed = 1, threads = 0;
+    long log_every = 1, seed = 1, threads = 0, stop_after = 0;
     double lr = 1e-3, min_lr = -1, beta1 = 0.9, beta2 = 0.95, eps = 1e-5, wd = 0.1, clip_value = 1.0, clip_norm = 0;
     double val_frac = 0.05, coef[3] = {0, 0, 0};
     for (int i = 1; i < argc; i++) {
@@ -372,7 +373,7 @@ int peri_cmd_train(int argc, char **argv) {
         INT("--steps", steps, 1, 1L << 40) INT("--warmup", warmup, 0, 1L << 40) INT("--decay-steps", decay_steps, 0, 1L << 40)
         INT("--val-every", val_every, 0, 1L << 40) INT("--save-every", save_every, 0, 1L << 40)
         INT("--log-every", log_every, 1, 1L << 40) INT("--seed", seed, 0, 1L << 62) INT("-t", threads, 0, 1024)
-        INT("--threads", threads, 0, 1024)
+        INT("--threads", threads, 0, 1024) INT("--stop-after", stop_after, 1, 1L << 40)
         FLT("--lr", lr, 0, 10) FLT("--min-lr", min_lr, 0, 10) FLT("--beta1", beta1, 0, 0.999999) FLT("--beta2", beta2, 0, 0.999999)
         FLT("--eps", eps, 0, 1) FLT("--wd", wd, 0, 10) FLT("--clip-value", clip_value, 0, 1e30) FLT("--clip-norm", clip_norm, 0, 1e30)
         FLT("--val-frac", val_frac, 0, 0.9)
@@ -496,7 +497,7 @@ int peri_cmd_train(int argc, char **argv) {
         double el = now_s() - tstart, tps = (double)tokens_done / fmax(el, 1e-9);
         double eta = (double)(steps - step - 1) * (double)per_step * (double)seq / fmax(tps, 1e-9);
         double val = NAN;
-        bool last = step + 1 == steps;
+        bool last = step + 1 == steps || step + 1 == stop_after;
         if (n_val > 0 && ((val_every > 0 && (step + 1) % val_every == 0) || last))
             val = validate(t, chunks, n_train, n_val, (int)seq, (int)batch, ids, lab);
         if (nh == hcap) {
@@ -518,6 +519,7 @@ int peri_cmd_train(int argc, char **argv) {
             if (save_all(t, m, v, out_dir, step + 1, hist, nh)) goto done;
             copy_tokenizer(tok_path ? tok_path : model_path, out_dir);
         }
+        if (last) break;
     }
     if (step0 >= steps) fprintf(stderr, "nothing to do: the checkpoint is already at step %lld of %ld\n", (long long)step0, steps);
     else fprintf(stderr, "saved %s (%.1fs)\n", out_dir, now_s() - tstart);
