@@ -41,13 +41,47 @@ static void *make_weight(int type, int64_t M, int64_t K, float *wf) {
     return w;
 }
 
-// Allowed |y - y_ref| for one output: two summation orders of K products each lie within about
-// K * 2^-24 * sum|w x| of the exact value; kernels that first convert x (integer dot products of
-// quantized types) add that conversion's relative error.
-static double mm_tol(int type, int64_t K, double sabs) {
-    double t = (double)(K + 8) * 1.2e-7 * sabs + 1e-30;
+// The activation type the dispatcher will quantize x to for `type` (PERI_TYPE_F32: x stays float).
+static int x_type_now(int type) {
     const struct peri_kernel_set *ks = peri_kernels_current();
-    if (ks->mm[type].fn && ks->mm[type].x_type != PERI_TYPE_F32) t += 1e-2 * sabs;
+    if (!ks->mm[type].fn || ks->mm[type].x_type == PERI_TYPE_F32 || peri_kernels_exact()) return PERI_TYPE_F32;
+    return ks->mm[type].x_type;
+}
+
+// x quantized to xt and back (what the integer kernels multiply by); a copy of x for F32.
+static void requantize(int xt, const float *x, float *xd, int64_t K) {
+    if (xt == PERI_TYPE_F32) {
+        memcpy(xd, x, sizeof(float) * (size_t)K);
+        return;
+    }
+    const struct peri_type_traits *xtt = peri_type_traits(xt);
+    char *q = malloc(peri_row_size(xt, K));
+    xtt->from_float(x, q, K);
+    xtt->to_float(q, xd, K);
+    free(q);
+}
+
+// Allowed |y - y_ref| for one output (w row wr, x row x, its requantized xd):
+// * two float summation orders of K products each lie within about K * 2^-24 * sum|w x| of the exact value;
+// * integer-dot kernels multiply xd instead of x: sum |w| |x - xd| more, exactly the quantization error;
+//   their block sums are scaled separately (K-quants: scale part and min part), so the rounding term uses
+//   twice the block's largest |w| (a bound on each part) instead of |w|; Q8_1 carries sum(x) in fp16
+//   (2^-11 relative), times the block min (again at most that bound).
+static double mm_tol(int type, int xt, const float *wr, const float *x, const float *xd, int64_t K) {
+    double sabs = 0, qerr = 0, sblk = 0;
+    int64_t bs = peri_type_traits(type)->blck_size;
+    for (int64_t b0 = 0; b0 < K; b0 += bs) {
+        double amax = 0;
+        for (int64_t k = b0; k < b0 + bs && k < K; k++) amax = fmax(amax, fabs(wr[k]));
+        for (int64_t k = b0; k < b0 + bs && k < K; k++) {
+            sabs += fabs((double)wr[k] * x[k]);
+            qerr += fabs((double)wr[k]) * fabs((double)x[k] - xd[k]);
+            sblk += 2 * amax * fabs(xd[k]);
+        }
+    }
+    double t = (double)(K + 8) * 1.2e-7 * sabs + 1e-30;
+    if (xt != PERI_TYPE_F32) t += qerr * (1 + 1e-6) + (double)(K + 8) * 2.4e-7 * sblk;
+    if (xt == PERI_TYPE_Q8_1) t += sblk * 0x1p-10;
     return t;
 }
 
@@ -78,15 +112,13 @@ static int check_matmul(peri_pool *pool, int type, int64_t M, int64_t K, int64_t
         peri_matmul_ref(NULL, yr, x, &W, bias, n);
     }
     int bad = 0;
+    int xt = x_type_now(type);
+    float *xd = malloc(sizeof(float) * (size_t)K);
     for (int64_t i = 0; i < n && !bad; i++) {
+        requantize(xt, x + i * ldx, xd, K);
         for (int64_t j = 0; j < ldy && !bad; j++) {
             double d = fabs((double)y[i * ldy + j] - (double)yr[i * ldy + j]);
-            double tol = 0;
-            if (j < M) {
-                double sabs = 0;
-                for (int64_t k = 0; k < K; k++) sabs += fabs((double)wf[(row0 + j) * K + k] * x[i * ldx + k]);
-                tol = mm_tol(type, K, sabs);
-            }
+            double tol = j < M ? mm_tol(type, xt, wf + (row0 + j) * K, x + i * ldx, xd, K) : 0;
             if (!(d <= tol)) {
                 fprintf(stderr, "matmul %s %s M=%lld K=%lld n=%lld ex=%d bias=%d pool=%d: y[%lld][%lld] = %.9g, ref %.9g (tol %.3g)\n",
                         lvl, peri_type_name(type), (long long)M, (long long)K, (long long)n, use_ex, use_bias,
@@ -95,7 +127,7 @@ static int check_matmul(peri_pool *pool, int type, int64_t M, int64_t K, int64_t
             }
         }
     }
-    free(wf), free(w), free(x), free(bias), free(y), free(yr);
+    free(wf), free(w), free(x), free(xd), free(bias), free(y), free(yr);
     return !bad;
 }
 
@@ -130,6 +162,81 @@ static void test_matmul_level(peri_pool *pool) {
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
     }
+}
+
+// The integer-dot kernel of each type against its scalar integer reference (peri_qdot_ref: same integer block
+// sums, so only the float additions differ), called directly on quantized x rows; and the integer reference
+// itself against the float reference with the quantization-error bound of mm_tol.
+static void test_qdot_level(void) {
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    for (int type = 0; type < PERI_TYPE_COUNT; type++) {
+        const struct peri_qdot *qr = peri_qdot_ref(type);
+        if (!qr) continue;
+        const struct peri_type_traits *tt = peri_type_traits(type), *xtt = peri_type_traits(qr->x_type);
+        const struct peri_mm_kernel *e = &ks->mm[type];
+        int simd = e->fn && e->x_type != PERI_TYPE_F32;
+        if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);
+        int ok_simd = 1, ok_ref = 1;
+        for (int t = 0; t < 12; t++) {
+            int64_t K = (int64_t)(1 + t % 5) * (tt->blck_size > 32 ? tt->blck_size : 64), M = 1 + t % 11, n = 1 + t % 6;
+            size_t rs = peri_row_size(type, K), xrs = peri_row_size(qr->x_type, K);
+            float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+            float *xd = malloc(sizeof(float) * (size_t)(n * K)), *y = malloc(sizeof(float) * (size_t)(n * M));
+            char *w = make_weight(type, M, K, wf), *xq = malloc(xrs * (size_t)n);
+            for (int64_t i = 0; i < n * K; i++) x[i] = frand() * (t == 3 ? 1e-3f : 1.0f);
+            for (int64_t i = 0; i < n; i++) {
+                xtt->from_float(x + i * K, xq + (size_t)i * xrs, K);
+                xtt->to_float(xq + (size_t)i * xrs, xd + i * K, K);
+            }
+            if (simd) e->fn(y, M, xq, xrs, w, rs, K, M, n, NULL);
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t j = 0; j < M; j++) {
+                    const float *wr = wf + j * K;
+                    double r = qr->fn(w + (size_t)j * rs, xq + (size_t)i * xrs, K);
+                    double f = tt->dot_f32(w + (size_t)j * rs, x + i * K, K);
+                    double tq = mm_tol(type, qr->x_type, wr, x + i * K, xd + i * K, K);
+                    double ti = mm_tol(type, qr->x_type, wr, xd + i * K, xd + i * K, K); // rounding part only
+                    if (!(fabs(r - f) <= tq)) {
+                        if (ok_ref) fprintf(stderr, "qdot_ref %s K=%lld: %.9g, float ref %.9g (tol %.3g)\n", tt->name, (long long)K, r, f, tq);
+                        ok_ref = 0;
+                    }
+                    if (simd && !(fabs(y[i * M + j] - r) <= ti)) {
+                        if (ok_simd) fprintf(stderr, "qmm %s %s K=%lld M=%lld n=%lld [%lld][%lld]: %.9g, integer ref %.9g (tol %.3g)\n",
+                                             lvl, tt->name, (long long)K, (long long)M, (long long)n, (long long)i, (long long)j, y[i * M + j], r, ti);
+                        ok_simd = 0;
+                    }
+                }
+            free(wf), free(x), free(xd), free(y), free(w), free(xq);
+        }
+        CHECKF(ok_ref, "integer reference %s vs float reference", tt->name);
+        if (simd) CHECKF(ok_simd, "integer kernel %s at level %s vs its integer reference", tt->name, lvl);
+    }
+}
+
+// Exact mode (float activations), the pool's scratch against the stack chunks (n over several chunks), and
+// rows too long for the stack buffer (float activations then).
+static void test_modes_level(peri_pool *pool) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K, PERI_TYPE_Q5_1};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        int bs = (int)peri_type_traits(types[t])->blck_size;
+        peri_kernels_set_exact(true);
+        CHECKF(check_matmul(pool, types[t], 19, 3 * bs, 5, 1, 1), "exact mode %s at %s", peri_type_name(types[t]), lvl);
+        peri_kernels_set_exact(false);
+        CHECKF(check_matmul(pool, types[t], 21, 2048, 37, 0, 1), "stack chunks %s at %s", peri_type_name(types[t]), lvl);
+        CHECKF(check_matmul(pool, types[t], 3, 16384 * 2, 2, 0, 0), "long rows %s at %s", peri_type_name(types[t]), lvl);
+    }
+    peri_pool *p2 = peri_pool_new(2);
+    CHECK(peri_matmul_reserve(p2, 2048, 40) == PERI_OK);
+    size_t sz = peri_pool_scratch_size(p2);
+    CHECK(sz >= 40 * 2336);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+        CHECKF(check_matmul(p2, types[t], 45, 2048, 37, 1, 1), "scratch %s at %s", peri_type_name(types[t]), lvl);
+    // F16 through the generic path does not exist (it has kernels); a type without one: Q8_1 weights.
+    CHECKF(check_matmul(p2, PERI_TYPE_Q8_1, 45, 256, 20, 1, 1), "generic path with scratch at %s", lvl);
+    CHECK(peri_pool_scratch_size(p2) == sz); // matmuls never grow it
+    peri_pool_free(p2);
 }
 
 static int close_rel(double a, double b, double rel, double abs_tol) {
@@ -274,6 +381,8 @@ int main(int argc, char **argv) {
         test_matmul_level(NULL);
         test_matmul_level(pool);
         test_rows_level();
+        test_qdot_level();
+        test_modes_level(pool);
     }
     CHECK(levels >= 1);
     peri_kernels_set_level(best);

@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "runtime/cpu.h"
 
+#define QK_K_RESERVE 256 // the largest activation block (Q8_K)
+
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -17,7 +19,11 @@ static _Atomic(const struct peri_kernel_set *) g_cur;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_info[256];
 
-static const char *const g_level_names[PERI_KERNELS_LEVELS] = {"ref", "avx2", "avx512", "neon"};
+static const char *const g_level_names[PERI_KERNELS_LEVELS] = {"ref", "avx2", "avx512", "neon", "avx512vnni"};
+static atomic_bool g_exact;
+#if defined(__x86_64__)
+static struct peri_kernel_set g_vnni_set; // the AVX-512 set with the VNNI integer-dot entries laid over it
+#endif
 
 static void update_info(const struct peri_kernel_set *ks) {
     char feats[160];
@@ -31,6 +37,14 @@ static void kernels_init(void) {
     if (c->avx2 && c->fma && c->f16c) g_sets[PERI_KERNELS_AVX2] = &peri_kset_avx2;
     if (g_sets[PERI_KERNELS_AVX2] && c->avx512f && c->avx512bw && c->avx512vl && c->avx512dq)
         g_sets[PERI_KERNELS_AVX512] = &peri_kset_avx512;
+    if (g_sets[PERI_KERNELS_AVX512] && c->avx512vnni) {
+        g_vnni_set = peri_kset_avx512;
+        g_vnni_set.name = "avx512vnni";
+        g_vnni_set.level = PERI_KERNELS_AVX512VNNI;
+        for (int t = 0; t < PERI_TYPE_COUNT; t++)
+            if (peri_qmm_avx512vnni[t].fn) g_vnni_set.mm[t] = peri_qmm_avx512vnni[t];
+        g_sets[PERI_KERNELS_AVX512VNNI] = &g_vnni_set;
+    }
 #endif
 #if defined(__aarch64__)
     g_sets[PERI_KERNELS_NEON] = &peri_kset_neon;
@@ -43,6 +57,8 @@ static void kernels_init(void) {
     }
     while (want > 0 && !g_sets[want]) want--;
     // NEON and the x86 levels never coexist, so "below" always lands on the same architecture or ref.
+    const char *ex = getenv("PERI_KERNELS_EXACT");
+    if (ex && *ex && strcmp(ex, "0") != 0) atomic_store(&g_exact, true);
     atomic_store(&g_cur, g_sets[want]);
     update_info(g_sets[want]);
 }
@@ -74,6 +90,16 @@ const char *peri_kernels_level_name(int level) {
     return level >= 0 && level < PERI_KERNELS_LEVELS ? g_level_names[level] : "unknown";
 }
 
+void peri_kernels_set_exact(bool exact) {
+    peri_kernels_current();
+    atomic_store(&g_exact, exact);
+}
+
+bool peri_kernels_exact(void) {
+    peri_kernels_current();
+    return atomic_load(&g_exact);
+}
+
 const char *peri_kernels_info(void) {
     peri_kernels_current();
     return g_info;
@@ -98,8 +124,11 @@ void peri_swiglu(float *y, const float *a, const float *b, int64_t n) { peri_ker
 // Below this many multiply-adds the pool's wake-up costs more than it saves (per-head slices, tiny
 // projections): run on the caller alone.
 #define PERI_MM_MIN_PARALLEL (1 << 16)
-// Rows dequantized at a time by the generic prefill path (rows x K floats of scratch per thread).
-#define PERI_MM_GENERIC_ROWS 32
+// Rows dequantized at a time by the generic prefill path.
+#define PERI_MM_GENERIC_ROWS 16
+// Stack fallbacks when the pool has no (free or large enough) scratch: quantized x rows on the caller's stack,
+// dequantized weight rows on each thread's stack. 32 KiB each: well within any thread's stack.
+#define PERI_MM_STACK_BYTES 32768
 
 struct mm_job {
     const struct peri_kernel_set *ks;
@@ -113,17 +142,14 @@ struct mm_job {
     size_t wstride;
     int64_t K, M, n;
     const float *bias;
+    float *wbuf;            // generic path: per-thread float rows from the pool's scratch (NULL: stack)
+    int64_t wbuf_rows;      // rows of K floats per thread in wbuf
 };
 
-// Generic path: n == 1 (or no F32 kernel) uses the type's reference dot; n > 1 dequantizes a few rows
-// to float and reuses them across all x rows with the level's F32 kernel.
-static void mm_generic(const struct mm_job *j, int64_t lo, int64_t hi) {
+static void mm_generic_rows(const struct mm_job *j, int64_t lo, int64_t hi, float *buf, int64_t rows) {
     const struct peri_type_traits *tt = peri_type_traits(j->wtype);
     peri_mm_fn f32 = j->ks->mm[PERI_TYPE_F32].fn;
-    float *buf = NULL;
-    if (j->n > 1 && f32 && tt->to_float)
-        buf = malloc((size_t)PERI_MM_GENERIC_ROWS * (size_t)j->K * sizeof(float));
-    if (!buf) {
+    if (j->n == 1 || !f32 || !tt->to_float || rows < 1) {
         for (int64_t r = lo; r < hi; r++) {
             const void *row = j->w + (size_t)r * j->wstride;
             float b = j->bias ? j->bias[r] : 0.0f;
@@ -132,13 +158,24 @@ static void mm_generic(const struct mm_job *j, int64_t lo, int64_t hi) {
         }
         return;
     }
-    for (int64_t r0 = lo; r0 < hi; r0 += PERI_MM_GENERIC_ROWS) {
-        int64_t m = hi - r0 < PERI_MM_GENERIC_ROWS ? hi - r0 : PERI_MM_GENERIC_ROWS;
+    for (int64_t r0 = lo; r0 < hi; r0 += rows) {
+        int64_t m = hi - r0 < rows ? hi - r0 : rows;
         for (int64_t r = 0; r < m; r++) tt->to_float(j->w + (size_t)(r0 + r) * j->wstride, buf + r * j->K, j->K);
         f32(j->y + r0, j->ldy, j->x, j->xstride, buf, (size_t)j->K * sizeof(float), j->K, m, j->n,
             j->bias ? j->bias + r0 : NULL);
     }
-    free(buf);
+}
+
+// Generic path: n == 1 (or no F32 kernel) uses the type's reference dot; n > 1 dequantizes a few rows
+// to float and reuses them across all x rows with the level's F32 kernel.
+static void mm_generic(const struct mm_job *j, int64_t lo, int64_t hi, int ith) {
+    if (j->wbuf) {
+        mm_generic_rows(j, lo, hi, j->wbuf + (size_t)ith * (size_t)(j->wbuf_rows * j->K), j->wbuf_rows);
+        return;
+    }
+    _Alignas(64) float buf[PERI_MM_STACK_BYTES / sizeof(float)];
+    int64_t rows = (int64_t)(sizeof buf / sizeof(float)) / j->K;
+    mm_generic_rows(j, lo, hi, buf, rows < PERI_MM_GENERIC_ROWS ? rows : PERI_MM_GENERIC_ROWS);
 }
 
 static void mm_task(void *arg, int ith, int nth) {
@@ -155,7 +192,64 @@ static void mm_task(void *arg, int ith, int nth) {
         j->fn(j->y + lo, j->ldy, j->x, j->xstride, j->w + (size_t)lo * j->wstride, j->wstride, j->K, hi - lo, j->n,
               j->bias ? j->bias + lo : NULL);
     else
-        mm_generic(j, lo, hi);
+        mm_generic(j, lo, hi, ith);
+}
+
+static void mm_run(peri_pool *pool, struct mm_job *j) {
+    if (!pool || (double)j->M * (double)j->K * (double)j->n < PERI_MM_MIN_PARALLEL) mm_task(j, 0, 1);
+    else peri_pool_run(pool, mm_task, j);
+}
+
+// x rows -> the kernel's activation type, rows split over the threads.
+struct qx_job {
+    peri_from_float_fn from_float;
+    const float *x;
+    int64_t ldx, K, n;
+    char *dst;
+    size_t xrs;
+};
+
+static void qx_task(void *arg, int ith, int nth) {
+    const struct qx_job *q = arg;
+    long lo, hi;
+    peri_split((long)q->n, ith, nth, &lo, &hi);
+    for (long i = lo; i < hi; i++) q->from_float(q->x + i * q->ldx, q->dst + (size_t)i * q->xrs, q->K);
+}
+
+static void quantize_x(peri_pool *pool, const struct qx_job *q) {
+    if (!pool || q->n < 4 || (double)q->n * (double)q->K < PERI_MM_MIN_PARALLEL) qx_task((void *)q, 0, 1);
+    else peri_pool_run(pool, qx_task, (void *)q);
+}
+
+static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type) {
+    const struct peri_mm_kernel *e = &ks->mm[type];
+    if (e->fn && e->x_type != PERI_TYPE_F32 && atomic_load_explicit(&g_exact, memory_order_relaxed))
+        e = &ks->mm_exact[type];
+    return e;
+}
+
+static size_t generic_bytes(int nth, int64_t K) {
+    return (size_t)nth * PERI_MM_GENERIC_ROWS * (size_t)K * sizeof(float);
+}
+
+int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
+    if (!pool || max_K <= 0 || max_n <= 0) return PERI_OK;
+    if (max_K > ((int64_t)1 << 32) || max_n > ((int64_t)1 << 32))
+        return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld): beyond the size limits",
+                         (long long)max_K, (long long)max_n);
+    int64_t Kr = (max_K + QK_K_RESERVE - 1) / QK_K_RESERVE * QK_K_RESERVE; // every activation type's block
+    size_t xb = 0;
+    const int xts[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q8_1, PERI_TYPE_Q8_K};
+    for (size_t t = 0; t < sizeof xts / sizeof xts[0]; t++) {
+        size_t rs = peri_row_size(xts[t], Kr);
+        if (rs > xb) xb = rs;
+    }
+    double need = (double)xb * (double)max_n, gen = (double)generic_bytes(peri_pool_size(pool), max_K);
+    if (gen > need) need = gen;
+    if (need > (double)((size_t)1 << 40))
+        return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
+                         (long long)max_K, (long long)max_n, need);
+    return peri_pool_reserve(pool, (size_t)need);
 }
 
 void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
@@ -173,29 +267,64 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
         return;
     }
     const struct peri_kernel_set *ks = peri_kernels_current();
+    const struct peri_mm_kernel *e = choose_kernel(ks, W->type);
     struct mm_job j = {
-        .ks = ks, .fn = ks->mm[W->type].fn, .wtype = W->type, .y = y, .ldy = ldy, .x = (const char *)x,
+        .ks = ks, .fn = e->fn, .wtype = W->type, .y = y, .ldy = ldy, .x = (const char *)x,
         .xstride = (size_t)ldx * sizeof(float), .w = (const char *)W->data + (size_t)row0 * rs, .wstride = rs,
         .K = K, .M = M, .n = n, .bias = bias,
     };
-    void *xconv = NULL;
-    int xt = ks->mm[W->type].x_type;
-    if (j.fn && xt != PERI_TYPE_F32) {
-        // The kernel wants x in another type (e.g. Q8_0 for integer dots): convert once for all threads.
-        const struct peri_type_traits *xtt = peri_type_traits(xt);
-        size_t xrs = peri_row_size(xt, K);
-        xconv = xtt && xtt->from_float && xrs ? malloc(xrs * (size_t)n) : NULL;
-        if (xconv) {
-            for (int64_t i = 0; i < n; i++) xtt->from_float(x + i * ldx, (char *)xconv + (size_t)i * xrs, K);
-            j.x = xconv;
-            j.xstride = xrs;
-        } else {
-            j.fn = NULL;
-        }
+    int xt = e->x_type;
+    const struct peri_type_traits *xtt = j.fn && xt != PERI_TYPE_F32 ? peri_type_traits(xt) : NULL;
+    size_t xrs = xtt && xtt->from_float ? peri_row_size(xt, K) : 0;
+    if (j.fn && xt != PERI_TYPE_F32 && !xrs) j.fn = NULL; // cannot happen with the tables; stay correct anyway
+    if (!j.fn) {
+        // Generic path: for n > 1, per-thread rows of dequantized weights from the pool's scratch if it has room.
+        void *buf = n > 1 ? peri_pool_scratch_acquire(pool, generic_bytes(peri_pool_size(pool), K)) : NULL;
+        j.wbuf = buf;
+        j.wbuf_rows = PERI_MM_GENERIC_ROWS;
+        mm_run(pool, &j);
+        if (buf) peri_pool_scratch_release(pool);
+        return;
     }
-    if (!pool || (double)M * (double)K * (double)n < PERI_MM_MIN_PARALLEL) mm_task(&j, 0, 1);
-    else peri_pool_run(pool, mm_task, &j);
-    free(xconv);
+    if (!xrs) {
+        mm_run(pool, &j);
+        return;
+    }
+    // The kernel wants x quantized (integer dot products): once for all threads, into the pool's scratch, or
+    // in chunks of rows through a stack buffer.
+    struct qx_job q = {.from_float = xtt->from_float, .x = x, .ldx = ldx, .K = K, .xrs = xrs};
+    char *buf = peri_pool_scratch_acquire(pool, xrs * (size_t)n);
+    if (buf) {
+        q.n = n;
+        q.dst = buf;
+        quantize_x(pool, &q);
+        j.x = buf;
+        j.xstride = xrs;
+        mm_run(pool, &j);
+        peri_pool_scratch_release(pool);
+        return;
+    }
+    _Alignas(64) char sbuf[PERI_MM_STACK_BYTES];
+    int64_t chunk = (int64_t)(sizeof sbuf / xrs);
+    if (chunk < 1) { // rows longer than the stack buffer: float activations
+        const struct peri_mm_kernel *fe = &ks->mm_exact[W->type];
+        j.fn = fe->fn;
+        mm_run(pool, &j);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+        int64_t c = n - i0 < chunk ? n - i0 : chunk;
+        q.x = x + i0 * ldx;
+        q.n = c;
+        q.dst = sbuf;
+        quantize_x(pool, &q);
+        struct mm_job jc = j;
+        jc.y = y + i0 * ldy;
+        jc.x = sbuf;
+        jc.xstride = xrs;
+        jc.n = c;
+        mm_run(pool, &jc);
+    }
 }
 
 void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W, const float *bias, int64_t n) {

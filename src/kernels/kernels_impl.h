@@ -27,6 +27,9 @@ struct peri_kernel_set {
     int level;                                   // enum peri_kernel_level
     int row_align;                               // threads split W rows in multiples of this
     struct peri_mm_kernel mm[PERI_TYPE_COUNT];   // indexed by the weight type
+    // Float-activation kernels of quantized types, used instead of integer-dot `mm` entries in exact mode
+    // (peri_kernels_set_exact); types without one take the generic path there.
+    struct peri_mm_kernel mm_exact[PERI_TYPE_COUNT];
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
@@ -49,6 +52,23 @@ extern const struct peri_kernel_set peri_kset_neon;
 #endif
 
 float peri_sum8_ref(const float *p, int64_t len, int64_t stride);
+
+// Integer-dot kernels: the activation row is first quantized to x_type (Q8_0, Q8_1 or Q8_K, as ggml does),
+// then each block's products are summed in integers and scaled once. `fn` is the scalar reference of one
+// weight row (K values) against one quantized x row: the same integer sums as the SIMD kernels, so the two
+// differ only in the order of the float additions (qdot_ref.c). NULL for types without integer kernels.
+typedef float (*peri_qdot_fn)(const void *w, const void *x, int64_t K);
+struct peri_qdot {
+    int x_type;
+    peri_qdot_fn fn;
+};
+const struct peri_qdot *peri_qdot_ref(int wtype);
+
+// The integer-dot matmul entries of the AVX-512 VNNI level (avx512vnni.c); dispatch.c lays them over a
+// copy of the AVX-512 set.
+#if defined(__x86_64__)
+extern const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT];
+#endif
 
 // The set in use (never NULL).
 const struct peri_kernel_set *peri_kernels_current(void);

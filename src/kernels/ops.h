@@ -57,19 +57,33 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
 const char *peri_kernels_info(void);   // which SIMD versions the dispatcher chose
 
 // Kernel levels. The best one the CPU supports is chosen at the first call, unless the environment
-// variable PERI_KERNELS (ref|avx2|avx512|neon|auto) asks for another (an unsupported request falls back
+// variable PERI_KERNELS (ref|avx2|avx512|avx512vnni|neon|auto) asks for another (an unsupported request falls back
 // to the best supported level below it).
 enum peri_kernel_level {
     PERI_KERNELS_REF = 0,
     PERI_KERNELS_AVX2 = 1,   // x86-64 AVX2 + FMA + F16C
     PERI_KERNELS_AVX512 = 2, // x86-64 AVX-512 F/BW/VL/DQ
     PERI_KERNELS_NEON = 3,   // AArch64 Advanced SIMD
+    PERI_KERNELS_AVX512VNNI = 4, // AVX-512 plus VNNI (vpdpbusd) for the integer-dot kernels
     PERI_KERNELS_LEVELS,
 };
 bool peri_kernels_supported(int level);
 int peri_kernels_set_level(int level);   // PERI_OK, or PERI_E_UNSUPPORTED (level unchanged)
 int peri_kernels_level(void);
 const char *peri_kernels_level_name(int level);
+
+// Quantized weights (Q8_0, Q4_0, Q4_K, ...) multiply activations quantized on the fly to 8 bits (Q8_0 /
+// Q8_1 / Q8_K, as ggml) by default. Exact mode keeps activations in float32 for every type, so results
+// match the float reference (dequantize, then dot) up to the order of the sums; slower. Also set by the
+// environment variable PERI_KERNELS_EXACT=1 (read at the first kernel call). The ref level is always exact.
+void peri_kernels_set_exact(bool exact);
+bool peri_kernels_exact(void);
+
+// Sizes the pool's scratch (peri_pool_reserve) for matmuls of up to max_n rows of up to max_K values, so that
+// peri_matmul never allocates: call it at set-up (context init). Without it (or with pool == NULL), matmuls
+// on quantized weights still allocate nothing: they quantize x in chunks of a 32 KiB stack buffer, which
+// costs some speed for n > 1. Returns PERI_OK or a negative status.
+int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n);
 
 // Read bandwidth in GB/s (1e9 bytes/s) of a streaming sum over a `bytes` buffer with all pool threads,
 // best of a few runs; a negative status if the buffer cannot be allocated.

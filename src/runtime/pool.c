@@ -36,6 +36,10 @@ struct peri_pool {
     void *arg;
     atomic_int stop;
     atomic_flag busy;           // set while a job runs: a second concurrent caller runs its job inline
+    // Scratch lent to one caller at a time (peri_pool_scratch_acquire): the matmul's quantized activations.
+    void *scratch;
+    size_t scratch_size;
+    atomic_flag scratch_busy;
     // Separate cache lines: workers hammer `gen` while spinning and `pending` when finishing.
     _Alignas(64) atomic_uint gen;        // futex word for the workers
     atomic_int n_sleeping;               // workers blocked (or about to block) on `gen`
@@ -185,6 +189,7 @@ peri_pool *peri_pool_new(int n_threads) {
     memset(p, 0, sizeof *p);
     atomic_init(&p->stop, 0);
     atomic_flag_clear(&p->busy);
+    atomic_flag_clear(&p->scratch_busy);
     atomic_init(&p->gen, 0);
     atomic_init(&p->n_sleeping, 0);
     atomic_init(&p->pending, 0);
@@ -225,7 +230,43 @@ void peri_pool_free(peri_pool *p) {
     futex_wake(&p->gen, PERI_POOL_MAX_THREADS);
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
     free(p->threads);
+    free(p->scratch);
     free(p);
+}
+
+int peri_pool_reserve(peri_pool *p, size_t bytes) {
+    if (!p) return PERI_OK;
+    if (bytes > ((size_t)1 << 40))
+        return peri_fail(PERI_E_NOMEM, "pool scratch of %zu bytes requested: beyond the 1 TiB limit", bytes);
+    if (atomic_flag_test_and_set_explicit(&p->scratch_busy, memory_order_acquire))
+        return peri_fail(PERI_E_ARG, "peri_pool_reserve called while the pool's scratch is in use by a matmul; "
+                                     "reserve at set-up, before running the model");
+    int rc = PERI_OK;
+    if (bytes > p->scratch_size) {
+        size_t sz = (bytes + 63) / 64 * 64;
+        void *n = aligned_alloc(64, sz);
+        if (!n) {
+            rc = peri_fail(PERI_E_NOMEM, "out of memory for %zu bytes of pool scratch", sz);
+        } else {
+            free(p->scratch);
+            p->scratch = n;
+            p->scratch_size = sz;
+        }
+    }
+    atomic_flag_clear_explicit(&p->scratch_busy, memory_order_release);
+    return rc;
+}
+
+size_t peri_pool_scratch_size(const peri_pool *p) { return p ? p->scratch_size : 0; }
+
+void *peri_pool_scratch_acquire(peri_pool *p, size_t bytes) {
+    if (!p || bytes > p->scratch_size) return NULL;
+    if (atomic_flag_test_and_set_explicit(&p->scratch_busy, memory_order_acquire)) return NULL;
+    return p->scratch;
+}
+
+void peri_pool_scratch_release(peri_pool *p) {
+    if (p) atomic_flag_clear_explicit(&p->scratch_busy, memory_order_release);
 }
 
 int peri_pool_size(const peri_pool *p) { return p ? p->n : 1; }

@@ -327,6 +327,9 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
     return hsum(a[0]);
 }
 
+#define QMM_VNNI 0
+#include "kernels/arch/x86/qmm_x86.inc"
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -341,6 +344,10 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+        QMM_ENTRIES,
+    },
+    // Float activations, for exact mode (peri_kernels_set_exact): weights expanded to float in registers.
+    .mm_exact = {
         [PERI_TYPE_Q8_0] = {mm_q8_0, PERI_TYPE_F32},
         [PERI_TYPE_Q4_0] = {mm_q4_0, PERI_TYPE_F32},
     },

@@ -1,0 +1,31 @@
+// AVX-512 VNNI integer-dot matmul kernels (vpdpbusd on 256-bit vectors); x86-64 only. dispatch.c lays these
+// entries over a copy of the AVX-512 set to form the "avx512vnni" level.
+#if defined(__x86_64__)
+#include "kernels/kernels_impl.h"
+#include "tensor/quants.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+#define QMM_VNNI 1
+#include "kernels/arch/x86/qmm_x86.inc"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {QMM_ENTRIES};
+
+#else
+typedef int peri_avx512vnni_unused; // ISO C wants a non-empty translation unit
+#endif
