@@ -405,7 +405,10 @@ static int plm_ctx_init(peri_context *c) {
                          x->full ? ", or drop --kv-full (the latent cache is far smaller)" : "");
     }
     peri_rope_table(x->cos_tab, x->sin_tab, p->n_ctx_train, (int)p->rope, p->theta);
-    return PERI_OK;
+    // Scratch for the matmuls' quantized activations, so the forward allocates nothing (docs/kernels.md).
+    int64_t kmax = D > p->n_ff ? D : p->n_ff;
+    if (H * p->vdim > kmax) kmax = H * p->vdim;
+    return peri_matmul_reserve(c->pool, kmax, N);
 }
 
 // ---- forward ------------------------------------------------------------------------------------------
