@@ -552,7 +552,15 @@ static void run_request(srv_conn *c, srv_request *r, const gen_opts *o) {
             }
             sb_free(&out);
         }
-        if (r->n_done == r->n_tasks) break;
+        if (r->n_done == r->n_tasks) {
+            // Done, but tokens may have arrived while the last chunk was being written (the lock is released
+            // then): loop once more to flush them and the final chunk before [DONE].
+            bool flushed = true;
+            for (int i = 0; streaming && !gone && i < r->n_tasks; i++)
+                if (!finished[i] && r->tasks[i].finish_reason) flushed = false;
+            if (flushed) break;
+            continue;
+        }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 50 * 1000000L;

@@ -2,6 +2,8 @@
 // options, loads the model, its chat template and end-of-turn tokens, and runs src/server until SIGINT/SIGTERM.
 #include "cli.h"
 
+#include "tokenizers/tokenizer_meta.h"
+
 #include "formats/gguf.h"
 #include "formats/json.h"
 #include "server/server.h"
@@ -60,52 +62,6 @@ static char *read_text(const char *path, size_t max) {
     return buf;
 }
 
-// A special-token field of tokenizer_config.json: a string or {"content": string}.
-static char *token_field(const json_value *cfg, const char *key) {
-    const json_value *v = json_get(cfg, key);
-    if (v && v->type == JSON_OBJECT) v = json_get(v, "content");
-    return v && v->type == JSON_STRING ? strdup(v->str) : NULL;
-}
-
-struct chat_info { char *tmpl, *bos, *eos; };
-
-// The model's chat template and bos/eos strings: tokenizer_config.json in a folder, or GGUF metadata.
-static void load_chat_info(const char *model_path, const peri_tokenizer *tok, struct chat_info *ci) {
-    struct stat st;
-    if (stat(model_path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
-        char *text = read_text(path, 64u << 20);
-        json_value *cfg = text ? json_parse(text, strlen(text), path) : NULL;
-        const json_value *t = json_get(cfg, "chat_template");
-        if (t && t->type == JSON_ARRAY) {
-            // A list of named templates: use "default", else the first.
-            const json_value *pick = NULL;
-            for (size_t i = 0; i < t->len; i++) {
-                const json_value *name = json_get(&t->items[i], "name");
-                if (!pick || (name && name->type == JSON_STRING && !strcmp(name->str, "default"))) pick = &t->items[i];
-            }
-            t = pick ? json_get(pick, "template") : NULL;
-        }
-        if (t && t->type == JSON_STRING) ci->tmpl = strdup(t->str);
-        ci->bos = token_field(cfg, "bos_token");
-        ci->eos = token_field(cfg, "eos_token");
-        json_free(cfg);
-        free(text);
-        return;
-    }
-    peri_gguf g;
-    if (peri_gguf_open(&g, model_path, true) != PERI_OK) return;
-    gguf_str s;
-    if (peri_gguf_get_str(&g, "tokenizer.chat_template", &s)) ci->tmpl = strndup(s.s, s.len);
-    peri_gguf_close(&g);
-    if (tok) {
-        size_t n;
-        if (tok->bos_id >= 0 && tok->bos_id < tok->n_vocab) { const char *p = peri_tok_text(tok, tok->bos_id, &n); ci->bos = strndup(p, n); }
-        if (tok->eos_id >= 0 && tok->eos_id < tok->n_vocab) { const char *p = peri_tok_text(tok, tok->eos_id, &n); ci->eos = strndup(p, n); }
-    }
-}
-
 static void add_id(peri_token *arr, int *n, peri_token id) {
     if (id < 0 || *n >= 16) return;
     for (int i = 0; i < *n; i++) if (arr[i] == id) return;
@@ -154,12 +110,15 @@ int peri_cmd_serve(int argc, char **argv) {
 
     int rc = 1;
     peri_model *model = NULL;
-    struct chat_info ci = {0};
+    peri_chat_info ci = {0};
     srv_app *app = NULL;
     if (peri_model_load(model_path, peri_model_default_params(), &model) != PERI_OK)
         return cli_lib_error(cmd, "cannot load the model");
     const peri_tokenizer *tok = peri_model_tokenizer(model);
-    load_chat_info(model_path, tok, &ci);
+    if (peri_chat_info_load(model_path, tok, peri_model_eos(model), &ci) != PERI_OK) {
+        cli_lib_error(cmd, "cannot read the chat metadata");
+        goto done;
+    }
     if (tmpl_path) {
         free(ci.tmpl);
         if (!(ci.tmpl = read_text(tmpl_path, 1u << 20))) { cli_error(cmd, "cannot read the chat template '%s'", tmpl_path); goto done; }
@@ -177,10 +136,8 @@ int peri_cmd_serve(int argc, char **argv) {
     if (tok) {
         add_id(sp.stop_ids, &sp.n_stop_ids, tok->eos_id);
         if (ci.eos) add_id(sp.stop_ids, &sp.n_stop_ids, peri_tok_lookup(tok, ci.eos, strlen(ci.eos)));
-        // End-of-turn markers of common chat formats end a chat reply even when they are not the EOS token.
-        static const char *const eot[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "[END]"};
-        for (size_t k = 0; k < sizeof eot / sizeof eot[0]; k++)
-            add_id(sp.chat_stop_ids, &sp.n_chat_stop_ids, peri_tok_lookup(tok, eot[k], strlen(eot[k])));
+        // End-of-generation ids (eos, eot, <|im_end|>, ...) end a chat reply even when they are not the EOS token.
+        for (int k = 0; k < ci.n_eog; k++) add_id(sp.chat_stop_ids, &sp.n_chat_stop_ids, ci.eog[k]);
     }
     if (max_tokens > sp.n_ctx) max_tokens = sp.n_ctx;
     char name_buf[4096];
@@ -217,9 +174,7 @@ done:
     }
     if (app) srv_sched_free(app->sched);
     free(app);
-    free(ci.tmpl);
-    free(ci.bos);
-    free(ci.eos);
+    peri_chat_info_free(&ci);
     peri_model_free(model);
     return rc;
 }
