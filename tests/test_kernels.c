@@ -233,7 +233,7 @@ static void test_modes_level(peri_pool *pool) {
     CHECK(sz >= 40 * 2336);
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
         CHECKF(check_matmul(p2, types[t], 45, 2048, 37, 1, 1), "scratch %s at %s", peri_type_name(types[t]), lvl);
-    // F16 through the generic path does not exist (it has kernels); a type without one: Q8_1 weights.
+    // The generic path (dequantized rows in the scratch) with a type that has no kernel: Q8_1 weights.
     CHECKF(check_matmul(p2, PERI_TYPE_Q8_1, 45, 256, 20, 1, 1), "generic path with scratch at %s", lvl);
     CHECK(peri_pool_scratch_size(p2) == sz); // matmuls never grow it
     peri_pool_free(p2);
