@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) {
@@ -178,8 +179,13 @@ static void test_qdot_level(void) {
         int simd = e->fn && e->x_type != PERI_TYPE_F32;
         if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);
         int ok_simd = 1, ok_ref = 1;
-        for (int t = 0; t < 12; t++) {
+        // Decode kernels take 8 blocks at a time and prepare x in chunks of 256 blocks: n == 1 with K from 8 to
+        // 600 blocks (also not multiples of 8, and over a chunk boundary), M not a multiple of their row count.
+        static const int64_t nb1[] = {8, 9, 16, 17, 31, 40, 256, 263, 600};
+        const int n1 = (int)(sizeof nb1 / sizeof nb1[0]);
+        for (int t = 0; t < 12 + n1; t++) {
             int64_t K = (int64_t)(1 + t % 5) * (tt->blck_size > 32 ? tt->blck_size : 64), M = 1 + t % 11, n = 1 + t % 6;
+            if (t >= 12) K = (tt->blck_size > 32 ? (nb1[t - 12] / 8) : nb1[t - 12]) * tt->blck_size, M = 1 + (t * 5) % 11, n = 1;
             size_t rs = peri_row_size(type, K), xrs = peri_row_size(qr->x_type, K);
             float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
             float *xd = malloc(sizeof(float) * (size_t)(n * K)), *y = malloc(sizeof(float) * (size_t)(n * M));
@@ -211,6 +217,52 @@ static void test_qdot_level(void) {
         }
         CHECKF(ok_ref, "integer reference %s vs float reference", tt->name);
         if (simd) CHECKF(ok_simd, "integer kernel %s at level %s vs its integer reference", tt->name, lvl);
+    }
+}
+
+// SIMD activation quantizers must give the reference's bytes exactly (the integer kernels and their references
+// then see the same codes): random rows at several magnitudes (down to fp16 subnormal scales), exact halves (roundf
+// ties), +a and -a as the largest magnitude in either order (Q8_K keeps the first one's sign), all-zero blocks.
+static void test_quantize_level(void) {
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    for (int xt = 0; xt < PERI_TYPE_COUNT; xt++) {
+        if (!ks->quantize_x[xt]) continue;
+        const struct peri_type_traits *tt = peri_type_traits(xt);
+        int ok = 1;
+        const int64_t K = 4 * 256;
+        size_t rs = peri_row_size(xt, K);
+        float *x = malloc(sizeof(float) * K);
+        char *a = malloc(rs), *b = malloc(rs);
+        for (int t = 0; t < 400 && ok; t++) {
+            static const float mags[] = {1.0f, 1e-3f, 3e-5f, 1e-7f, 1e-30f, 1e4f, 70000.0f * 127.0f, 1e30f};
+            float mag = mags[t % 8];
+            for (int64_t k = 0; k < K; k++) {
+                x[k] = frand() * mag;
+                if (t % 5 == 1) x[k] = (float)irand(-254, 254) * 0.5f; // halves: amax 127 gives d = 1, exact ties
+                if (t % 5 == 2 && rnd() % 3 == 0) x[k] = 0.0f;
+            }
+            if (t % 5 == 1)
+                for (int64_t k = 0; k < K; k += 32) x[k + irand(0, 31)] = irand(0, 1) ? 127.0f : -127.0f;
+            if (t % 5 == 3) // equal magnitudes of opposite signs as the largest, in random order
+                for (int64_t k = 0; k < K; k += 32) {
+                    int i = irand(0, 31), j = irand(0, 31);
+                    x[k + i] = 3.0f * mag, x[k + j] = -3.0f * mag;
+                }
+            if (t % 5 == 4) memset(x + 256, 0, sizeof(float) * 256); // a whole zero super-block
+            memset(a, 0x5a, rs), memset(b, 0xa5, rs);
+            ks->quantize_x[xt](x, a, K);
+            tt->from_float(x, b, K);
+            if (memcmp(a, b, rs)) {
+                size_t o = 0;
+                while (a[o] == b[o]) o++;
+                fprintf(stderr, "quantize %s at %s, case %d: byte %zu is %d, reference %d\n", tt->name, lvl, t, o,
+                        (unsigned char)a[o], (unsigned char)b[o]);
+                ok = 0;
+            }
+        }
+        CHECKF(ok, "SIMD quantizer %s at %s matches the reference byte for byte", tt->name, lvl);
+        free(x), free(a), free(b);
     }
 }
 
@@ -356,7 +408,67 @@ static void test_env(const char *self) {
     }
 }
 
+// Micro-benchmark (not a test): test_kernels --bench TYPE K M N THREADS REPS [MB].
+// Decode-like: enough M x K weights of TYPE to cover MB megabytes (default 512, beyond the caches) are multiplied
+// by N x rows each, one after the other, best of REPS passes; prints the weight bytes read per second next to the
+// bandwidth probe over the same number of bytes, measured right before and after (the machine is shared).
+static double now_s(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int bench(int argc, char **argv) {
+    if (argc < 8) {
+        fprintf(stderr, "usage: %s --bench TYPE K M N THREADS REPS [MB]\n", argv[0]);
+        return 2;
+    }
+    int type = -1;
+    for (int t = 0; t < PERI_TYPE_COUNT; t++)
+        if (peri_type_traits(t) && peri_type_traits(t)->name && !strcmp(peri_type_traits(t)->name, argv[2])) type = t;
+    int64_t K = atoll(argv[3]), M = atoll(argv[4]), n = atoll(argv[5]);
+    int th = atoi(argv[6]), reps = atoi(argv[7]);
+    double mb = argc > 8 ? atof(argv[8]) : 512;
+    if (type < 0 || K <= 0 || M <= 0 || n <= 0 || th <= 0 || reps <= 0) {
+        fprintf(stderr, "bad arguments\n");
+        return 2;
+    }
+    size_t rs = peri_row_size(type, K), wb = rs * (size_t)M;
+    int nmat = (int)(mb * 1e6 / (double)wb) + 1;
+    peri_pool *pool = peri_pool_new(th);
+    peri_matmul_reserve(pool, K, n);
+    char *w = malloc(wb * (size_t)nmat);
+    float *x = malloc(sizeof(float) * (size_t)(n * K)), *y = malloc(sizeof(float) * (size_t)(n * M));
+    float *row = malloc(sizeof(float) * (size_t)K);
+    for (int64_t r = 0; r < M; r++) { // one matrix of random rows, copied: the bytes are what matters
+        for (int64_t k = 0; k < K; k++) row[k] = frand();
+        peri_type_traits(type)->from_float(row, w + (size_t)r * rs, K);
+    }
+    for (int i = 1; i < nmat; i++) memcpy(w + (size_t)i * wb, w, wb);
+    for (int64_t i = 0; i < n * K; i++) x[i] = frand();
+    double bw0 = peri_measure_read_bandwidth(pool, wb * (size_t)nmat), best = 1e30, best_cpu = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s(CLOCK_MONOTONIC), c0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+        for (int i = 0; i < nmat; i++) {
+            peri_tensor W = {.name = "w", .type = type, .n_dims = 2, .shape = {M, K}, .data = w + (size_t)i * wb, .nbytes = wb};
+            peri_matmul(pool, y, x, &W, NULL, n);
+        }
+        double t = (now_s(CLOCK_MONOTONIC) - t0) / nmat, c = (now_s(CLOCK_PROCESS_CPUTIME_ID) - c0) / nmat / th;
+        if (t < best) best = t;
+        if (c < best_cpu) best_cpu = c;
+    }
+    double bw1 = peri_measure_read_bandwidth(pool, wb * (size_t)nmat);
+    printf("%s %s K=%lld M=%lld n=%lld t=%d: %.3f ms per matmul, %.1f GB/s of weights, %.1f GFLOPS (CPU time: %.1f GB/s); probe %.1f / %.1f GB/s (%.0f%% of the better)\n",
+           peri_kernels_level_name(peri_kernels_level()), argv[2], (long long)K, (long long)M, (long long)n, th, best * 1e3,
+           (double)wb / best / 1e9, 2.0 * (double)K * (double)M * (double)n / best / 1e9, (double)wb / best_cpu / 1e9, bw0, bw1,
+           100.0 * (double)wb / best / 1e9 / (bw0 > bw1 ? bw0 : bw1));
+    free(w), free(x), free(y), free(row);
+    peri_pool_free(pool);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--bench")) return bench(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "--print-level")) {
         printf("%s\n", peri_kernels_level_name(peri_kernels_level()));
         return 0;
@@ -382,6 +494,7 @@ int main(int argc, char **argv) {
         test_matmul_level(pool);
         test_rows_level();
         test_qdot_level();
+        test_quantize_level();
         test_modes_level(pool);
     }
     CHECK(levels >= 1);

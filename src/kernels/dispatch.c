@@ -292,7 +292,8 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
     }
     // The kernel wants x quantized (integer dot products): once for all threads, into the pool's scratch, or
     // in chunks of rows through a stack buffer.
-    struct qx_job q = {.from_float = xtt->from_float, .x = x, .ldx = ldx, .K = K, .xrs = xrs};
+    struct qx_job q = {.from_float = ks->quantize_x[xt] ? ks->quantize_x[xt] : xtt->from_float, .x = x, .ldx = ldx,
+                       .K = K, .xrs = xrs};
     char *buf = peri_pool_scratch_acquire(pool, xrs * (size_t)n);
     if (buf) {
         q.n = n;

@@ -30,6 +30,8 @@ struct peri_kernel_set {
     // Float-activation kernels of quantized types, used instead of integer-dot `mm` entries in exact mode
     // (peri_kernels_set_exact); types without one take the generic path there.
     struct peri_mm_kernel mm_exact[PERI_TYPE_COUNT];
+    // Activation quantizers by x type (Q8_0, Q8_K), byte for byte the type's reference from_float; NULL: that one.
+    peri_from_float_fn quantize_x[PERI_TYPE_COUNT];
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     void (*layernorm)(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);

@@ -310,6 +310,62 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
     return _mm512_reduce_add_ps(a[0]);
 }
 
+// Activation quantizers, byte for byte the reference ones (peri_quantize_row_q8_0_ref / _q8_K_ref): the same
+// float operations in the same order per value; only max and sums are taken in another order, and those are exact.
+// roundf (half away from zero) is trunc plus a step where the remainder reaches one half; the remainder is exact.
+PERI_INLINE __m512 round_away(__m512 v) {
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+    __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
+    return _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ), t, one);
+}
+
+static void quantize_q8_0(const float *x, void *dst, int64_t n) {
+    block_q8_0 *y = dst;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        const float d = amax / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i qa = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(a, vid)));
+        __m512i qb = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(b, vid)));
+        _mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtsepi32_epi8(qb));
+    }
+}
+
+static void quantize_q8_K(const float *x, void *dst, int64_t n) {
+    block_q8_K *y = dst;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < QK_K; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+        const float amax = _mm512_reduce_max_ps(m);
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        float max = 0; // the first value of largest magnitude, with its sign (as the reference's scan)
+        for (int j = 0; j < QK_K; j += 16) {
+            __mmask16 e = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + j)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (e) {
+                max = x[j + __builtin_ctz(e)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        __m512 vs = _mm512_set1_ps(iscale);
+        for (int j = 0; j < QK_K; j += 16) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + j))); // nearest, ties to even
+            q = _mm512_min_epi32(q, _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(y[i].qs + j), _mm512_cvtsepi32_epi8(q));
+            y[i].bsums[j / 16] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
@@ -334,6 +390,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
         [PERI_TYPE_Q8_0] = {mm_q8_0, PERI_TYPE_F32},
         [PERI_TYPE_Q4_0] = {mm_q4_0, PERI_TYPE_F32},
     },
+    .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
     .dot = dot,
     .axpy = axpy,
     .layernorm = layernorm,

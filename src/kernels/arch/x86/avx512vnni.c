@@ -17,6 +17,7 @@
 
 #define QMM_VNNI 1
 #include "kernels/arch/x86/qmm_x86.inc"
+#include "kernels/arch/x86/qgemv_vnni.inc"
 
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -24,7 +25,12 @@
 #pragma GCC pop_options
 #endif
 
-const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {QMM_ENTRIES};
+const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {
+    QMM_ENTRIES_MORE,
+    // n == 1 on 512-bit vectors (qgemv_vnni.inc); n > 1 as the other levels
+    [PERI_TYPE_Q8_0] = {qg_q8_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_0] = {qg_q4_0, PERI_TYPE_Q8_0},
+};
 
 #else
 typedef int peri_avx512vnni_unused; // ISO C wants a non-empty translation unit
