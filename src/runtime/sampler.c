@@ -125,6 +125,25 @@ static int select_top(const float *key, int32_t *idx, int n, int k, float *tmp) 
     return m < k ? m : k; // ties at the threshold: HF keeps all >= k-th value; we keep the first k by id
 }
 
+// Probabilities of the candidates idx[0..m) (sorted by logit, descending), normalised over them.
+static void softmax_candidates(const float *w, const int32_t *idx, int m, float *pr) {
+    float mx = w[idx[0]];
+    double sum = 0;
+    for (int i = 0; i < m; i++) { pr[i] = expf(w[idx[i]] - mx); sum += pr[i]; }
+    for (int i = 0; i < m; i++) pr[i] = (float)(pr[i] / sum);
+}
+
+// top-p: how many of the descending probabilities pr[0..m) to keep. HF removes tokens whose ascending
+// cumulative mass is <= 1 - top_p, i.e. keeps token i while the mass before it is < top_p (at least one).
+static int top_p_prefix(const float *pr, int m, float top_p) {
+    double cum = 0;
+    for (int i = 0; i < m; i++) {
+        cum += pr[i];
+        if (cum >= top_p) return i + 1;
+    }
+    return m;
+}
+
 peri_token peri_sampler_sample(peri_sampler *s, const float *logits) {
     const int n = s->n_vocab;
     float *w = s->work;
@@ -140,26 +159,35 @@ peri_token peri_sampler_sample(peri_sampler *s, const float *logits) {
         for (int i = 1; i < n; i++) if (w[i] > w[best]) best = i;
         return best;
     }
-    for (int i = 0; i < n; i++) { w[i] /= s->p.temperature; s->idx[i] = i; }
-    int m = n;
-    if (s->p.top_k > 0 && s->p.top_k < n) m = select_top(w, s->idx, n, s->p.top_k, s->heap);
-    else m = select_top(w, s->idx, n, n, s->heap);
-    // softmax over the candidates (sorted descending)
-    float mx = w[s->idx[0]];
-    double sum = 0;
+    for (int i = 0; i < n; i++) w[i] /= s->p.temperature;
     float *pr = s->probs;
-    for (int i = 0; i < m; i++) { pr[i] = expf(w[s->idx[i]] - mx); sum += pr[i]; }
-    for (int i = 0; i < m; i++) pr[i] = (float)(pr[i] / sum);
-    // top-p: keep the smallest prefix whose mass reaches top_p (HF removes tokens with cumulative mass
-    // above 1 - top_p from the low end, always keeping at least one)
-    if (s->p.top_p < 1.0f) {
-        double cum = 0;
-        int keep = m;
-        for (int i = 0; i < m; i++) {
-            cum += pr[i];
-            if (cum >= s->p.top_p) { keep = i + 1; break; }
+    int m;
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        // top-k, then top-p on the distribution renormalised over those k (HF's warper order)
+        for (int i = 0; i < n; i++) s->idx[i] = i;
+        m = select_top(w, s->idx, n, s->p.top_k, s->heap);
+        softmax_candidates(w, s->idx, m, pr);
+        if (s->p.top_p < 1.0f) m = top_p_prefix(pr, m, s->p.top_p);
+    } else if (s->p.top_p < 1.0f) {
+        // top-p alone: only the head of the distribution matters, so sort a growing top slice (probabilities
+        // normalised over the whole vocabulary) until its mass reaches top_p, instead of sorting everything
+        float mx = w[0];
+        for (int i = 1; i < n; i++) mx = w[i] > mx ? w[i] : mx;
+        double sum = 0;
+        for (int i = 0; i < n; i++) sum += exp((double)w[i] - mx);
+        for (int k = n < 256 ? n : 256;; k = k * 8 < n ? k * 8 : n) {
+            for (int i = 0; i < n; i++) s->idx[i] = i;
+            m = select_top(w, s->idx, n, k, s->heap);
+            double mass = 0;
+            for (int i = 0; i < m; i++) mass += (pr[i] = (float)(exp((double)w[s->idx[i]] - mx) / sum));
+            if (mass >= s->p.top_p || k == n) break;
         }
-        m = keep;
+        m = top_p_prefix(pr, m, s->p.top_p);
+    } else {
+        // neither filter: every token is a candidate (sorted, so min-p can cut the tail)
+        for (int i = 0; i < n; i++) s->idx[i] = i;
+        m = select_top(w, s->idx, n, n, s->heap);
+        softmax_candidates(w, s->idx, m, pr);
     }
     if (s->p.min_p > 0) {
         float lim = pr[0] * s->p.min_p;
