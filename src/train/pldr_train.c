@@ -71,8 +71,12 @@ int peri_tr_pldr_params(peri_trainer *t, const json_value *c) {
             ADDF("decoder.dec_layers.%lld.layernorm%d.bias", (long long)l, k); ADD(nm, D);
         }
     }
-    ADD("final_layer.weight", V, D);
-    if (fb) ADD("final_layer.bias", V);
+    if (t->head != PERI_TR_HEAD_LM) {
+        if ((rc = peri_tr_head_params(t, &t->head_w, &t->head_b)) < 0) return rc;
+    } else {
+        ADD("final_layer.weight", V, D);
+        if (fb) ADD("final_layer.bias", V);
+    }
 #undef ADD
 #undef ADDF
     return PERI_OK;
@@ -190,8 +194,9 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
         bind_layer(t, l, &ix[l]);
     }
     const int p_emb = tr_pidx(t, "decoder.embedding.weight"), p_lnw = tr_pidx(t, "decoder.layernorm1.weight"),
-              p_lnb = tr_pidx(t, "decoder.layernorm1.bias"), p_fw = tr_pidx(t, "final_layer.weight"),
-              p_fb = tr_pidx(t, "final_layer.bias");
+              p_lnb = tr_pidx(t, "decoder.layernorm1.bias"), p_fw = t->head ? t->head_w : tr_pidx(t, "final_layer.weight"),
+              p_fb = t->head ? t->head_b : tr_pidx(t, "final_layer.bias");
+    const int64_t NO = t->head ? t->n_out : V;   // outputs per position
     if (o->mask_pad_keys) {
         keep = malloc((size_t)n);
         if (!keep) ar.oom = 1;
@@ -283,11 +288,14 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
         peri_tr_layernorm_fwd(a->xout, a->m2, a->r2, a->s2, TW(t, p->ln2_w), TW(t, p->ln2_b), n, D, t->eps);
         x = a->xout;
     }
-    float *logits = tr_alloc(&ar, (size_t)(n * V)), *dlogits = bwd ? tr_alloc(&ar, (size_t)(n * V)) : NULL;
+    float *logits = tr_alloc(&ar, (size_t)(n * NO)), *dlogits = bwd ? tr_alloc(&ar, (size_t)(n * NO)) : NULL;
     if (ar.oom) goto oom;
-    peri_tr_lin_fwd(t->pool, logits, x, TW(t, p_fw), TW(t, p_fb), n, D, V);
-    if (o->logits_out) memcpy(o->logits_out, logits, sizeof(float) * (size_t)(n * V));
-    res->loss = tr_loss(logits, dlogits, labels, n, V, o->grad_scale, &res->n_terms);
+    peri_tr_lin_fwd(t->pool, logits, x, TW(t, p_fw), TW(t, p_fb), n, D, NO);
+    if (o->logits_out) memcpy(o->logits_out, logits, sizeof(float) * (size_t)(n * NO));
+    if (t->head) {
+        int hrc = peri_tr_head_loss(t, logits, dlogits, ids, labels, o->targets, B, T, o->grad_scale, &res->loss, &res->n_terms);
+        if (hrc < 0) { rc = hrc; goto out; }
+    } else res->loss = tr_loss(logits, dlogits, labels, n, V, o->grad_scale, &res->n_terms);
     res->total = res->loss;
     // ---- DAG terms (and their gradients, added to dA_LM, dA_P, dG before the PLGA backward) ----
     bool dag = o->dag_eval || o->dag_coef[0] != 0 || o->dag_coef[1] != 0 || o->dag_coef[2] != 0;
@@ -321,7 +329,7 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
     {
         float *dx = tr_alloc(&ar, (size_t)(n * D));
         if (ar.oom) goto oom;
-        peri_tr_lin_bwd(t->pool, dx, TG(t, p_fw), TG(t, p_fb), dlogits, x, TW(t, p_fw), n, D, V);
+        peri_tr_lin_bwd(t->pool, dx, TG(t, p_fw), TG(t, p_fb), dlogits, x, TW(t, p_fw), n, D, NO);
         for (int64_t l = L - 1; l >= 0; l--) {
             pldr_lact *a = &la[l];
             const pldr_lidx *p = &ix[l];

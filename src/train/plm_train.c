@@ -48,7 +48,9 @@ int peri_tr_plm_params(peri_trainer *t, const json_value *c) {
         ADDL("mlp.down_proj.weight", D, F);
     }
     ADD("model.norm.weight", D);
-    if (!tie) ADD("lm_head.weight", V, D);
+    if (t->head != PERI_TR_HEAD_LM) {
+        if ((rc = peri_tr_head_params(t, &t->head_w, &t->head_b)) < 0) return rc;
+    } else if (!tie) ADD("lm_head.weight", V, D);
 #undef ADD
 #undef ADDL
     return PERI_OK;
@@ -92,7 +94,9 @@ int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, 
         ix[l].down = tr_pidx(t, "model.layers.%lld.mlp.down_proj.weight", i);
     }
     const int p_emb = tr_pidx(t, "model.embed_tokens.weight"), p_norm = tr_pidx(t, "model.norm.weight");
-    const int p_head = t->tied ? p_emb : tr_pidx(t, "lm_head.weight");
+    const int p_head = t->head ? t->head_w : t->tied ? p_emb : tr_pidx(t, "lm_head.weight");
+    const int p_hb = t->head ? t->head_b : -1;
+    const int64_t NO = t->head ? t->n_out : V;   // outputs per position
     // ---- forward ----
     float *x0 = tr_alloc(&ar, (size_t)(n * D));
     if (ar.oom) goto oom;
@@ -154,19 +158,22 @@ int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, 
         x = a->xout;
     }
     float *rf = tr_alloc(&ar, (size_t)n), *xf = tr_alloc(&ar, (size_t)(n * D));
-    float *logits = tr_alloc(&ar, (size_t)(n * V)), *dlogits = bwd ? tr_alloc(&ar, (size_t)(n * V)) : NULL;
+    float *logits = tr_alloc(&ar, (size_t)(n * NO)), *dlogits = bwd ? tr_alloc(&ar, (size_t)(n * NO)) : NULL;
     if (ar.oom) goto oom;
     peri_tr_rmsnorm_fwd(xf, rf, x, TW(t, p_norm), n, D, t->eps);
-    peri_tr_lin_fwd(t->pool, logits, xf, TW(t, p_head), NULL, n, D, V);
-    if (o->logits_out) memcpy(o->logits_out, logits, sizeof(float) * (size_t)(n * V));
-    res->loss = tr_loss(logits, dlogits, labels, n, V, o->grad_scale, &res->n_terms);
+    peri_tr_lin_fwd(t->pool, logits, xf, TW(t, p_head), TW(t, p_hb), n, D, NO);
+    if (o->logits_out) memcpy(o->logits_out, logits, sizeof(float) * (size_t)(n * NO));
+    if (t->head) {
+        int hrc = peri_tr_head_loss(t, logits, dlogits, ids, labels, o->targets, B, T, o->grad_scale, &res->loss, &res->n_terms);
+        if (hrc < 0) { rc = hrc; goto out; }
+    } else res->loss = tr_loss(logits, dlogits, labels, n, V, o->grad_scale, &res->n_terms);
     res->total = res->loss;
     if (!bwd) goto done;
     // ---- backward ----
     {
         float *dxf = tr_alloc(&ar, (size_t)(n * D)), *dx = tr_alloc(&ar, (size_t)(n * D));
         if (ar.oom) goto oom;
-        peri_tr_lin_bwd(t->pool, dxf, TG(t, p_head), NULL, dlogits, xf, TW(t, p_head), n, D, V);
+        peri_tr_lin_bwd(t->pool, dxf, TG(t, p_head), TG(t, p_hb), dlogits, xf, TW(t, p_head), n, D, NO);
         peri_tr_rmsnorm_bwd(dx, TG(t, p_norm), dxf, x, rf, TW(t, p_norm), n, D);
         for (int64_t l = L - 1; l >= 0; l--) {
             plm_lact *a = &la[l];

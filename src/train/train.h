@@ -13,6 +13,9 @@
 #include <stdint.h>
 
 enum peri_tr_arch { PERI_TR_PLDR = 1, PERI_TR_PLM = 2 };
+// The output layer: the LM head, or a Hugging Face task head (train/heads_train.c).
+enum peri_tr_head { PERI_TR_HEAD_LM = 0, PERI_TR_HEAD_SEQ_CLS = 1, PERI_TR_HEAD_TOKEN_CLS = 2, PERI_TR_HEAD_QA = 3 };
+enum peri_tr_problem { PERI_TR_SINGLE_LABEL = 0, PERI_TR_MULTI_LABEL = 1, PERI_TR_REGRESSION = 2 };
 
 // One named parameter: a slice [off, off+n) of the trainer's flat w / g arrays.
 typedef struct peri_tparam {
@@ -33,6 +36,10 @@ typedef struct peri_trainer {
     float eps;
     bool interleaved, tied, attn_bias, glu_bias, final_bias;
     int32_t pad_id, eos_id, bos_id;
+    int head;                        // enum peri_tr_head
+    int problem;                     // enum peri_tr_problem (sequence classification)
+    int64_t n_out;                   // task heads: outputs per position (labels; 2 for QA)
+    int head_w, head_b;              // task heads: parameter indices of the head (head_b -1 without bias)
     // parameters: flat float32 values and gradients
     int n_params;
     peri_tparam *params;
@@ -54,7 +61,8 @@ struct peri_tr_opts {
     double dag_coef[3];   // PLDR DAG loss coefficients for L_A, L_Ap, L_G (added to the loss)
     bool dag_eval;        // compute the DAG terms even when the coefficients are 0
     double *dag_per_head; // optional out: [3][L][B][H] per-head terms (before the mean)
-    float *logits_out;    // optional out: [B,T,V] logits
+    float *logits_out;    // optional out: [B,T,V] logits ([B,T,n_out] for a task head)
+    const float *targets; // task heads, multi-label / regression: [B, n_out] float targets
 };
 struct peri_tr_result {
     double loss;          // mean cross-entropy over the labelled positions
@@ -65,6 +73,9 @@ struct peri_tr_result {
 
 // Forward (and backward) of a batch of B rows of T ids. labels [B,T]: the target of each position, or
 // < 0 to ignore it. peri_tr_labels_hf fills the Hugging Face causal-LM labels (ids shifted by one).
+// With a task head, labels are: [B] class ids (sequence classification, single label; multi-label and
+// regression use o->targets), [B,T] class ids with -100 ignored (token classification), [B][2] start and end
+// token positions (QA). The losses are Hugging Face's (see peri_tr_head_loss).
 int peri_trainer_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, int B, int T,
                      const struct peri_tr_opts *o, struct peri_tr_result *r);
 void peri_tr_labels_hf(int32_t *labels, const int32_t *ids, int B, int T);
@@ -101,6 +112,35 @@ void peri_tr_lin_fwd(peri_pool *pool, float *y, const float *x, const float *W, 
                      int64_t M);
 void peri_tr_lin_bwd(peri_pool *pool, float *dx, float *dW, float *db, const float *dy, const float *x, const float *W,
                      int64_t n, int64_t K, int64_t M);
+
+// Task heads (train/heads_train.c). head_config reads architectures / id2label / num_labels / problem_type;
+// head_params adds score.* or qa_outputs.* (called by the architectures instead of their LM head).
+int peri_tr_head_config(peri_trainer *t, const json_value *cfg);
+int peri_tr_head_params(peri_trainer *t, int *w_idx, int *b_idx);
+// The HF losses over head logits [B,T,n_out]: sequence classification pools the rightmost non-pad token, then
+// cross-entropy (single label), BCE with logits (multi-label, mean over B x n_out) or MSE (regression); token
+// classification: cross-entropy per labelled token; QA: (CE(start) + CE(end)) / 2 with positions clamped to
+// [0, T] and T ignored. dlogits (may be NULL) accumulates d(grad_scale x loss)/dlogits.
+int peri_tr_head_loss(const peri_trainer *t, const float *logits, float *dlogits, const int32_t *ids,
+                      const int32_t *labels, const float *targets, int B, int T, double grad_scale, double *loss,
+                      int64_t *n_terms);
+
+// Fine-tuning examples, one JSON object per line:
+//   sequence classification: {"text": "...", "label": 2}  (multi-label: "label": [0,1,1]; regression: 0.7 or [..])
+//   token classification:    {"tokens": ["word", ...], "labels": [3, ...]}  (label on each word's first token,
+//                            -100 on the rest, as HF's examples do)
+//   question answering:      {"question": "...", "context": "...", "answer_start": BYTE, "answer_text": "..."}
+//   any head: "ids": [...] instead of text (QA then with token positions "start" and "end").
+typedef struct peri_tr_example {
+    int32_t *ids;
+    int T;
+    int32_t *labels;      // as peri_trainer_run takes them for one row
+    float *targets;       // multi-label / regression
+} peri_tr_example;
+struct peri_tokenizer;
+int peri_tr_head_load_jsonl(const peri_trainer *t, const struct peri_tokenizer *tok, const char *path,
+                            peri_tr_example **out, int64_t *n);
+void peri_tr_examples_free(peri_tr_example *ex, int64_t n);
 
 // Architecture entry points (train/pldr_train.c, train/plm_train.c).
 int peri_tr_pldr_params(peri_trainer *t, const json_value *cfg);

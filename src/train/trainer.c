@@ -96,6 +96,8 @@ int peri_trainer_load(const char *path, int n_threads, peri_trainer **out) {
     if (!t->config_text) { rc = peri_fail(PERI_E_IO, "%s: cannot read", cpath); goto fail; }
     const char *mt = NULL;
     if (!json_get_str(w.config, "model_type", "", &mt)) { rc = PERI_E_FORMAT; goto fail; }
+    t->head_w = t->head_b = -1;
+    if ((rc = peri_tr_head_config(t, w.config)) < 0) goto fail;
     if (!strcmp(mt, "pldrllm")) { t->arch = PERI_TR_PLDR; rc = peri_tr_pldr_params(t, w.config); }
     else if (!strcmp(mt, "plm")) { t->arch = PERI_TR_PLM; rc = peri_tr_plm_params(t, w.config); }
     else rc = peri_fail(PERI_E_UNSUPPORTED, "%s: model_type \"%s\" cannot be trained (pldrllm or plm)", cpath, mt);
@@ -152,7 +154,7 @@ int peri_trainer_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
     if ((int64_t)B * T > (1 << 22)) return peri_fail(PERI_E_ARG, "batch too large (%d x %d tokens)", B, T);
     for (int64_t i = 0; i < (int64_t)B * T; i++) {
         if (ids[i] < 0 || ids[i] >= t->V) return peri_fail(PERI_E_ARG, "token id %d at %lld is outside the vocabulary (%lld)", ids[i], (long long)i, (long long)t->V);
-        if (labels[i] >= t->V) return peri_fail(PERI_E_ARG, "label %d at %lld is outside the vocabulary (%lld)", labels[i], (long long)i, (long long)t->V);
+        if (t->head == PERI_TR_HEAD_LM && labels[i] >= t->V) return peri_fail(PERI_E_ARG, "label %d at %lld is outside the vocabulary (%lld)", labels[i], (long long)i, (long long)t->V);
     }
     memset(r, 0, sizeof(*r));
     return t->arch == PERI_TR_PLDR ? peri_tr_pldr_run(t, ids, labels, B, T, o, r) : peri_tr_plm_run(t, ids, labels, B, T, o, r);

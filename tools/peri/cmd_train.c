@@ -52,7 +52,14 @@ static void usage(void) {
             "  --log-every N     progress line every N steps (default 1)\n"
             "  --seed N          data order (default 1)\n"
             "  --stop-after N    stop (and save) after step N, keeping the schedule of --steps; --resume continues\n"
-            "  -t N              threads (default: physical cores)\n");
+            "  -t N              threads (default: physical cores)\n"
+            "Task heads (a checkpoint whose architectures is ...ForSequenceClassification, ...ForTokenClassification or\n"
+            "...ForQuestionAnswering): --data is a JSONL file, one example per line, run one at a time (no padding);\n"
+            "--batch examples per step. Formats:\n"
+            "  {\"text\": \"...\", \"label\": 1}     (multi-label: \"label\": [0,1,1]; regression: a number or list)\n"
+            "  {\"tokens\": [\"word\", ...], \"labels\": [2, ...]}  (label on each word's first token)\n"
+            "  {\"question\": \"...\", \"context\": \"...\", \"answer_start\": BYTE, \"answer_text\": \"...\"}\n"
+            "  or \"ids\": [...] instead of text (QA: token positions \"start\", \"end\")\n");
 }
 
 // ---- data ---------------------------------------------------------------------------------------------------
@@ -334,6 +341,125 @@ static uint64_t rng_next(uint64_t *s) {
     return *s;
 }
 
+// ---- task heads ------------------------------------------------------------------------------------------------
+
+struct head_run {
+    const char *data, *out, *src;
+    long batch, steps, val_every, log_every, seed, stop_after;
+    double clip_value, clip_norm, val_frac;
+    struct peri_schedule sc;
+    struct peri_adamw h;
+};
+
+// Loss of one example (B = 1); with backward, gradients accumulate scaled by `scale`. *correct: the argmax
+// matches (single-label sequence classification, per token for token classification), -1 if not measured.
+static int head_example(peri_trainer *t, const peri_tr_example *e, bool bwd, double scale, float *logits,
+                        double *loss, int64_t *hits, int64_t *n_acc) {
+    struct peri_tr_opts o = {.backward = bwd, .grad_scale = scale, .targets = e->targets, .logits_out = logits};
+    struct peri_tr_result r;
+    if (peri_trainer_run(t, e->ids, e->labels, 1, e->T, &o, &r) != PERI_OK) return -1;
+    *loss = r.loss;
+    const int64_t C = t->n_out;
+    if (logits && t->head == PERI_TR_HEAD_SEQ_CLS && t->problem == PERI_TR_SINGLE_LABEL && e->labels[0] >= 0) {
+        const float *z = logits + (size_t)(e->T - 1) * C;   // no padding: the last token is the pooled one
+        int64_t am = 0;
+        for (int64_t c = 1; c < C; c++) if (z[c] > z[am]) am = c;
+        *hits += am == e->labels[0];
+        (*n_acc)++;
+    } else if (logits && t->head == PERI_TR_HEAD_TOKEN_CLS) {
+        for (int i = 0; i < e->T; i++) {
+            if (e->labels[i] < 0) continue;
+            const float *z = logits + (size_t)i * C;
+            int64_t am = 0;
+            for (int64_t c = 1; c < C; c++) if (z[c] > z[am]) am = c;
+            *hits += am == e->labels[i];
+            (*n_acc)++;
+        }
+    }
+    return 0;
+}
+
+static int train_head(peri_trainer *t, const peri_tokenizer *tok, const struct head_run *a) {
+    static const char *kinds[] = {"", "sequence classification", "token classification", "question answering"};
+    peri_tr_example *ex = NULL;
+    int64_t n = 0;
+    if (peri_tr_head_load_jsonl(t, tok, a->data, &ex, &n) != PERI_OK) return cli_lib_error(CMD, "reading the examples");
+    int rc = 1;
+    int64_t n_val = a->val_frac > 0 ? (int64_t)ceil((double)n * a->val_frac) : 0;
+    if (n_val >= n) n_val = n - 1;
+    int64_t n_train = n - n_val;
+    float *m = calloc(t->n_total, sizeof(float)), *v = calloc(t->n_total, sizeof(float));
+    float *logits = malloc(sizeof(float) * (size_t)(t->n_ctx * t->n_out));
+    uint32_t *order = malloc(sizeof(uint32_t) * (size_t)n_train);
+    hist_pt *hist = malloc(sizeof(hist_pt) * (size_t)a->steps);
+    if (!m || !v || !logits || !order || !hist || n_train > UINT32_MAX) { cli_error(CMD, "out of memory"); goto done; }
+    fprintf(stderr, "%s: %lld examples (%lld train, %lld validation) for %s with %lld outputs; %zu parameters\n",
+            a->data, (long long)n, (long long)n_train, (long long)n_val, kinds[t->head], (long long)t->n_out, t->n_total);
+    uint64_t rs = (uint64_t)a->seed * 0x9E3779B97F4A7C15ull + 1;
+    int64_t pos = n_train, epoch = -1, nh = 0;
+    struct peri_adamw h = a->h;
+    double tstart = now_s();
+    for (int64_t step = 0; step < a->steps; step++) {
+        h.lr = peri_schedule_lr(&a->sc, step);
+        peri_trainer_zero_grad(t);
+        double loss = 0;
+        for (long b = 0; b < a->batch; b++) {
+            if (pos >= n_train) {
+                for (int64_t i = 0; i < n_train; i++) order[i] = (uint32_t)i;
+                for (int64_t i = n_train - 1; i > 0; i--) { int64_t j = (int64_t)(rng_next(&rs) % (uint64_t)(i + 1)); uint32_t x = order[i]; order[i] = order[j]; order[j] = x; }
+                pos = 0;
+                epoch++;
+            }
+            double l;
+            int64_t hits = 0, cnt = 0;
+            if (head_example(t, &ex[order[pos++]], true, 1.0 / (double)a->batch, NULL, &l, &hits, &cnt)) {
+                cli_lib_error(CMD, "training step");
+                goto done;
+            }
+            loss += l / (double)a->batch;
+        }
+        if (!isfinite(loss)) { cli_error(CMD, "step %lld: the loss is %f; lower --lr", (long long)step + 1, loss); goto done; }
+        if (a->clip_value > 0) peri_clip_value(t->g, t->n_total, (float)a->clip_value);
+        double gnorm = peri_clip_norm(t->g, t->n_total, a->clip_norm);
+        peri_adamw_step(t->w, t->g, m, v, t->n_total, &h, step + 1);
+        bool last = step + 1 == a->steps || step + 1 == a->stop_after;
+        double val = NAN, acc = NAN;
+        if (n_val > 0 && ((a->val_every > 0 && (step + 1) % a->val_every == 0) || last)) {
+            double sum = 0;
+            int64_t hits = 0, cnt = 0;
+            for (int64_t i = n_train; i < n; i++) {
+                double l;
+                if (head_example(t, &ex[i], false, 1, logits, &l, &hits, &cnt)) { cli_lib_error(CMD, "validation"); goto done; }
+                sum += l;
+            }
+            val = sum / (double)n_val;
+            if (cnt) acc = (double)hits / (double)cnt;
+        }
+        hist[nh++] = (hist_pt){step + 1, loss, val};
+        if ((step + 1) % a->log_every == 0 || last || isfinite(val)) {
+            fprintf(stderr, "step %lld/%ld | epoch %lld | loss %.4f", (long long)step + 1, a->steps, (long long)epoch, loss);
+            if (isfinite(val)) fprintf(stderr, " | val %.4f", val);
+            if (isfinite(acc)) fprintf(stderr, " | val acc %.3f", acc);
+            fprintf(stderr, " | lr %.2e | |g| %.3f | %.1f s\n", h.lr, gnorm, now_s() - tstart);
+        }
+        if (last) {
+            if (save_all(t, m, v, a->out, step + 1, hist, (int)nh)) goto done;
+            copy_tokenizer(a->src, a->out);
+            break;
+        }
+    }
+    fprintf(stderr, "saved %s (%.1fs)\n", a->out, now_s() - tstart);
+    rc = 0;
+done:
+    free(hist);
+    free(order);
+    free(logits);
+    free(m);
+    free(v);
+    peri_tr_examples_free(ex, n);
+    return rc;
+}
+
 // Mean loss over the validation chunks (batches of `batch`).
 static double validate(peri_trainer *t, const peri_token *chunks, int64_t first, int64_t n, int seq, int batch,
                        peri_token *ids, int32_t *lab) {
@@ -406,11 +532,22 @@ int peri_cmd_train(int argc, char **argv) {
     int nh = 0, hcap = 0;
     if (peri_trainer_load(resume ? resume : model_path, (int)threads, &t) != PERI_OK) { cli_lib_error(CMD, model_path); goto done; }
     if (peri_tokenizer_load(tok_path ? tok_path : model_path, &tok) != PERI_OK) {
-        cli_lib_error(CMD, "loading the tokenizer (give one with --tokenizer)");
+        // task-head examples may come as token ids, without a tokenizer
+        if (t->head == PERI_TR_HEAD_LM || tok_path) { cli_lib_error(CMD, "loading the tokenizer (give one with --tokenizer)"); goto done; }
+        tok = NULL;
+    }
+    if (tok && peri_tokenizer_n_vocab(tok) > t->V) {
+        cli_error(CMD, "the tokenizer has %d tokens but the model only %lld", peri_tokenizer_n_vocab(tok), (long long)t->V);
         goto done;
     }
-    if (peri_tokenizer_n_vocab(tok) > t->V) {
-        cli_error(CMD, "the tokenizer has %d tokens but the model only %lld", peri_tokenizer_n_vocab(tok), (long long)t->V);
+    if (t->head != PERI_TR_HEAD_LM) {
+        if (resume) { cli_error(CMD, "--resume is for language-model training; fine-tune a task head from -m again"); goto done; }
+        struct head_run hr = {.data = data_path, .out = out_dir, .src = tok_path ? tok_path : model_path, .batch = batch,
+                              .steps = steps, .val_every = val_every, .log_every = log_every, .seed = seed,
+                              .stop_after = stop_after, .clip_value = clip_value, .clip_norm = clip_norm,
+                              .val_frac = val_frac, .sc = sc,
+                              .h = {.lr = lr, .beta1 = beta1, .beta2 = beta2, .eps = eps, .weight_decay = wd}};
+        rc = train_head(t, tok, &hr);
         goto done;
     }
     if (seq > t->n_ctx) { cli_error(CMD, "--seq %ld is longer than the model's context (%lld)", seq, (long long)t->n_ctx); goto done; }
