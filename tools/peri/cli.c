@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int cli_error(const char *cmd, const char *fmt, ...) {
     va_list ap;
@@ -83,4 +85,50 @@ const char *cli_value(const char *cmd, int argc, char **argv, int *i) {
         return NULL;
     }
     return argv[++*i];
+}
+
+// The model a command uses without -m: the shipped models/peri-pldr-small, found relative to the executable
+// (a build tree: <exe dir>/../models; an install: <exe dir>/../share/peri/models) or at PERI_MODELS_DIR,
+// set at compile time to the install location. PERI_DEFAULT_MODEL in the environment overrides all.
+#define CLI_DEFAULT_MODEL_NAME "peri-pldr-small"
+
+static bool cli_is_model_dir(const char *dir) {
+    char path[4096];
+    struct stat st;
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) return false;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+const char *cli_default_model(void) {
+    static char found[4096];
+    const char *env = getenv("PERI_DEFAULT_MODEL");
+    if (env && *env) return env;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        const char *rel[] = {"/../models/", "/../share/peri/models/", "/models/"};
+        for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+            if (snprintf(found, sizeof found, "%s%s%s", exe, rel[i], CLI_DEFAULT_MODEL_NAME) < (int)sizeof found &&
+                cli_is_model_dir(found))
+                return found;
+        }
+    }
+#ifdef PERI_MODELS_DIR
+    if (snprintf(found, sizeof found, "%s/%s", PERI_MODELS_DIR, CLI_DEFAULT_MODEL_NAME) < (int)sizeof found &&
+        cli_is_model_dir(found))
+        return found;
+#endif
+    return NULL;
+}
+
+int cli_no_default_model(const char *cmd) {
+    return cli_error(cmd, "no model: give -m MODEL. The built-in model " CLI_DEFAULT_MODEL_NAME " was not found "
+                     "(looked in <peri's folder>/../models, <peri's folder>/../share/peri/models"
+#ifdef PERI_MODELS_DIR
+                     " and " PERI_MODELS_DIR
+#endif
+                     "); set PERI_DEFAULT_MODEL to a model folder, or reinstall peri with its models/ folder");
 }

@@ -45,4 +45,9 @@ bool cli_float(const char *cmd, const char *opt, const char *v, double lo, doubl
 // The value of option argv[*i] (advances *i); prints an error and returns NULL if missing.
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 
+// The built-in default model folder (see cli.c for where it is looked for), or NULL if it is not there.
+const char *cli_default_model(void);
+// Prints the error for a missing default model; returns 1.
+int cli_no_default_model(const char *cmd);
+
 #endif

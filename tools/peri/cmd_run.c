@@ -13,8 +13,9 @@
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: peri run -m MODEL (-p TEXT | --ids \"I J K ...\") [-n N] [options]\n"
-            "  -m MODEL        a Hugging Face folder (config.json + safetensors) or a .gguf file\n"
+            "usage: peri run [-m MODEL] (-p TEXT | --ids \"I J K ...\") [-n N] [options]\n"
+            "  -m MODEL        a Hugging Face folder (config.json + safetensors) or a .gguf file (default: the\n"
+            "                  built-in peri-pldr-small, a tiny PLDR-LLM trained on Shakespeare and Botchan)\n"
             "  -p TEXT         prompt text (encoded with the model's tokenizer, no BOS added; special tokens\n"
             "                  such as <|im_start|> written in it are parsed as tokens, as llama.cpp does)\n"
             "  -cnv            chat through the model's chat template (same as `peri chat`; -p is the first turn)\n"
@@ -91,7 +92,7 @@ int peri_cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
         else { usage(); return cli_error(cmd, "unknown option '%s'", a); }
     }
-    if (!model_path) { usage(); return cli_error(cmd, "no model: give -m MODEL"); }
+    if (!model_path && !(model_path = cli_default_model())) return cli_no_default_model(cmd);
     if (!prompt && !ids_s) { usage(); return cli_error(cmd, "no prompt: give -p TEXT or --ids \"...\""); }
     if (prompt && ids_s) return cli_error(cmd, "give either -p or --ids, not both");
     if ((prompt && !*prompt))
