@@ -132,3 +132,31 @@ int cli_no_default_model(const char *cmd) {
 #endif
                      "); set PERI_DEFAULT_MODEL to a model folder, or reinstall peri with its models/ folder");
 }
+
+int cli_sampling_option(const char *cmd, int argc, char **argv, int *i, struct peri_sampler_params *sp) {
+    const char *a = argv[*i], *v;
+    double d;
+    long l;
+    if (!strcmp(a, "--temp")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_float(cmd, a, v, 0, 100, &d)) return -1;
+        sp->temperature = (float)d;
+    } else if (!strcmp(a, "--top-k")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_int(cmd, a, v, 0, 1 << 30, &l)) return -1;
+        sp->top_k = (int32_t)l;
+    } else if (!strcmp(a, "--top-p")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_float(cmd, a, v, 0, 1, &d)) return -1;
+        sp->top_p = (float)d;
+    } else if (!strcmp(a, "--min-p")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_float(cmd, a, v, 0, 1, &d)) return -1;
+        sp->min_p = (float)d;
+    } else if (!strcmp(a, "--repeat-penalty")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_float(cmd, a, v, 1e-3, 100, &d)) return -1;
+        sp->repeat_penalty = (float)d;
+    } else if (!strcmp(a, "--seed")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || !cli_int(cmd, a, v, 0, 0x7fffffffL, &l)) return -1;
+        sp->seed = (uint64_t)l;
+    } else {
+        return 0;
+    }
+    return 1;
+}

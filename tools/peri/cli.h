@@ -42,6 +42,9 @@ int cli_parse_ids(const char *cmd, const char *s, peri_token **out);
 // Strict integer / float parsing of an option value; prints an error and returns false if invalid.
 bool cli_int(const char *cmd, const char *opt, const char *v, long lo, long hi, long *out);
 bool cli_float(const char *cmd, const char *opt, const char *v, double lo, double hi, double *out);
+// Sampling options shared by run and chat (--temp, --top-k, --top-p, --min-p, --repeat-penalty, --seed):
+// 1 if argv[*i] was one (value consumed into sp), 0 if it is another option, -1 on a bad value (printed).
+int cli_sampling_option(const char *cmd, int argc, char **argv, int *i, struct peri_sampler_params *sp);
 // The value of option argv[*i] (advances *i); prints an error and returns NULL if missing.
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 

@@ -243,9 +243,9 @@ static int one_turn(struct chat *c, const char *line, size_t len) {
 
 int peri_cmd_chat(int argc, char **argv) {
     const char *cmd = "chat", *model_path = NULL, *first = NULL, *sys = NULL, *tmpl_path = NULL;
-    long n_predict = -1, top_k = 40, threads = 0, n_ctx = 0;
-    double temp = 0.8, top_p = 0.95, min_p = 0.0, rep = 1.0;
-    unsigned long long seed = 0;
+    long n_predict = -1, threads = 0, n_ctx = 0;
+    struct peri_sampler_params sp = peri_sampler_default_params();
+    int so;
     bool verbose = false, kv_full = false;
     int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
@@ -257,16 +257,7 @@ int peri_cmd_chat(int argc, char **argv) {
         else if (!strcmp(a, "-sys") || !strcmp(a, "--system-prompt")) { if (!(sys = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--chat-template")) { if (!(tmpl_path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, -1, 1 << 20, &n_predict)) return 1; }
-        else if (!strcmp(a, "--temp")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 100, &temp)) return 1; }
-        else if (!strcmp(a, "--top-k")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 30, &top_k)) return 1; }
-        else if (!strcmp(a, "--top-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &top_p)) return 1; }
-        else if (!strcmp(a, "--min-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &min_p)) return 1; }
-        else if (!strcmp(a, "--repeat-penalty")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 1e-3, 100, &rep)) return 1; }
-        else if (!strcmp(a, "--seed")) {
-            long s;
-            if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 0x7fffffffL, &s)) return 1;
-            seed = (unsigned long long)s;
-        }
+        else if ((so = cli_sampling_option(cmd, argc, argv, &i, &sp)) != 0) { if (so < 0) return 1; }
         else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 16, 1 << 20, &n_ctx)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
@@ -334,13 +325,6 @@ int peri_cmd_chat(int argc, char **argv) {
     cp.kv_type = kv_type;
     cp.kv_full = kv_full;
     if (peri_context_init(c.model, cp, &c.ctx) != PERI_OK) { cli_lib_error(cmd, "cannot create the context"); goto done; }
-    struct peri_sampler_params sp = peri_sampler_default_params();
-    sp.temperature = (float)temp;
-    sp.top_k = (int32_t)top_k;
-    sp.top_p = (float)top_p;
-    sp.min_p = (float)min_p;
-    sp.repeat_penalty = (float)rep;
-    sp.seed = seed;
     if (peri_sampler_init(sp, peri_model_n_vocab(c.model), &c.smp) != PERI_OK) { cli_lib_error(cmd, "bad sampling options"); goto done; }
     if (sys && push_msg(&c, "system", sys, strlen(sys))) goto done;
 

@@ -58,9 +58,9 @@ int peri_cmd_run(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "-cnv") || !strcmp(argv[i], "--conversation")) return peri_cmd_chat(argc, argv);
     const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL, *ext_g = NULL;
-    long n_gen = 64, top_k = 40, threads = 0, n_ctx = 0;
-    double temp = 0.8, top_p = 0.95, min_p = 0.0, rep = 1.0;
-    unsigned long long seed = 0;
+    long n_gen = 64, threads = 0, n_ctx = 0;
+    struct peri_sampler_params sp = peri_sampler_default_params();
+    int so;
     bool print_ids = false, ignore_eos = false, no_special = false, verbose_prompt = false, kv_full = false;
     int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
@@ -70,16 +70,7 @@ int peri_cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!(prompt = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ids")) { if (!(ids_s = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 20, &n_gen)) return 1; }
-        else if (!strcmp(a, "--temp")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 100, &temp)) return 1; }
-        else if (!strcmp(a, "--top-k")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 30, &top_k)) return 1; }
-        else if (!strcmp(a, "--top-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &top_p)) return 1; }
-        else if (!strcmp(a, "--min-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 0, 1, &min_p)) return 1; }
-        else if (!strcmp(a, "--repeat-penalty")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_float(cmd, a, v, 1e-3, 100, &rep)) return 1; }
-        else if (!strcmp(a, "--seed")) {
-            long s;
-            if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 0x7fffffffL, &s)) return 1;
-            seed = (unsigned long long)s;
-        }
+        else if ((so = cli_sampling_option(cmd, argc, argv, &i, &sp)) != 0) { if (so < 0) return 1; }
         else if (!strcmp(a, "--print-ids")) print_ids = true;
         else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
@@ -155,13 +146,6 @@ int peri_cmd_run(int argc, char **argv) {
     cp.kv_type = kv_type;
     cp.kv_full = kv_full;
     if (peri_context_init(model, cp, &ctx) != PERI_OK) { cli_lib_error(cmd, "cannot create the context"); goto done; }
-    struct peri_sampler_params sp = peri_sampler_default_params();
-    sp.temperature = (float)temp;
-    sp.top_k = (int32_t)top_k;
-    sp.top_p = (float)top_p;
-    sp.min_p = (float)min_p;
-    sp.repeat_penalty = (float)rep;
-    sp.seed = seed;
     if (peri_sampler_init(sp, V, &smp) != PERI_OK) { cli_lib_error(cmd, "bad sampling options"); goto done; }
     all = malloc(sizeof(peri_token) * (size_t)(n_ids + n_gen + 1));
     if (!all) { cli_error(cmd, "out of memory"); goto done; }
