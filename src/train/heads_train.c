@@ -254,7 +254,7 @@ static int parse_example(const peri_trainer *t, const peri_tokenizer *tok, const
             for (size_t w = 0; w < words->len; w++) {
                 const json_value *x = &words->items[w];
                 if (x->type != JSON_STRING) return peri_fail(PERI_E_FORMAT, "\"tokens\"[%zu] is not a string", w);
-                int32_t l;
+                int32_t l = -100;
                 if ((rc = label_int(&lab->items[w], C, "\"labels\"[i]", &l)) < 0) return rc;
                 // words after the first are encoded with their leading space, as inside the joined text
                 char *s = malloc(x->len + 2);
