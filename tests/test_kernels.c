@@ -183,9 +183,19 @@ static void test_qdot_level(void) {
         // 600 blocks (also not multiples of 8, and over a chunk boundary), M not a multiple of their row count.
         static const int64_t nb1[] = {8, 9, 16, 17, 31, 40, 256, 263, 600};
         const int n1 = (int)(sizeof nb1 / sizeof nb1[0]);
-        for (int t = 0; t < 12 + n1; t++) {
+        // Prefill GEMMs (qgemm_vnni.inc) pack 32 weight rows over chunks of 256 values and keep the block sums of
+        // 512 x rows at a time: n from 8, several chunks and a partial one, M across 16- and 32-row edges,
+        // n beyond 512. {blocks of K (32-value units; K-quants: super-blocks), M, n}
+        static const int64_t gm[][3] = {{29, 70, 13}, {9, 33, 8}, {3, 17, 517}, {16, 40, 37}, {8, 16, 9}, {1, 47, 11}};
+        const int ng = (int)(sizeof gm / sizeof gm[0]);
+        for (int t = 0; t < 12 + n1 + ng; t++) {
             int64_t K = (int64_t)(1 + t % 5) * (tt->blck_size > 32 ? tt->blck_size : 64), M = 1 + t % 11, n = 1 + t % 6;
-            if (t >= 12) K = (tt->blck_size > 32 ? (nb1[t - 12] / 8) : nb1[t - 12]) * tt->blck_size, M = 1 + (t * 5) % 11, n = 1;
+            if (t >= 12 && t < 12 + n1)
+                K = (tt->blck_size > 32 ? (nb1[t - 12] / 8) : nb1[t - 12]) * tt->blck_size, M = 1 + (t * 5) % 11, n = 1;
+            if (t >= 12 + n1) {
+                const int64_t *g = gm[t - 12 - n1];
+                K = (tt->blck_size > 32 ? g[0] / 4 + 1 : g[0]) * tt->blck_size, M = g[1], n = g[2];
+            }
             size_t rs = peri_row_size(type, K), xrs = peri_row_size(qr->x_type, K);
             float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
             float *xd = malloc(sizeof(float) * (size_t)(n * K)), *y = malloc(sizeof(float) * (size_t)(n * M));

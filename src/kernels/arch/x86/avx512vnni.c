@@ -18,6 +18,7 @@
 #define QMM_VNNI 1
 #include "kernels/arch/x86/qmm_x86.inc"
 #include "kernels/arch/x86/qgemv_vnni.inc"
+#include "kernels/arch/x86/qgemm_vnni.inc"
 
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -26,10 +27,14 @@
 #endif
 
 const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {
-    QMM_ENTRIES_MORE,
-    // n == 1 on 512-bit vectors (qgemv_vnni.inc); n > 1 as the other levels
-    [PERI_TYPE_Q8_0] = {qg_q8_0, PERI_TYPE_Q8_0},
-    [PERI_TYPE_Q4_0] = {qg_q4_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_K] = {qmm_q5_K, PERI_TYPE_Q8_K},
+    // n == 1 on 512-bit vectors (qgemv_vnni.inc) for Q8_0/Q4_0; n >= GB_MIN_N through the tiled GEMM
+    // (qgemm_vnni.inc); the rest as the other levels
+    [PERI_TYPE_Q8_0] = {gb_q8_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_0] = {gb_q4_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_K] = {gb_q4_K, PERI_TYPE_Q8_K},
+    [PERI_TYPE_Q6_K] = {gb_q6_K, PERI_TYPE_Q8_K},
 };
 
 #else
