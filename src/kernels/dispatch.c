@@ -118,6 +118,11 @@ void peri_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps
 void peri_softmax(float *x, int64_t n) { peri_kernels_current()->softmax(x, n); }
 void peri_silu_row(float *y, const float *x, int64_t n) { peri_kernels_current()->silu_row(y, x, n); }
 void peri_swiglu(float *y, const float *a, const float *b, int64_t n) { peri_kernels_current()->swiglu(y, a, b, n); }
+void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n) {
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    if (ks->f16_row) ks->f16_row(y, x, n);
+    else peri_f16_to_f32_row_ref(y, x, n);
+}
 
 // ---- matmul -----------------------------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ struct peri_kernel_set {
     // Sum of 8 rows of len floats (len a multiple of 16), `stride` floats apart, read together as the
     // decode matmul reads weight rows: the bandwidth probe.
     float (*sum8)(const float *p, int64_t len, int64_t stride);
+    // IEEE half -> float32 over a row (exact); NULL: the scalar reference.
+    void (*f16_row)(float *y, const uint16_t *x, int64_t n);
 };
 
 extern const struct peri_kernel_set peri_kset_ref;

@@ -157,6 +157,10 @@ float peri_sum8_ref(const float *p, int64_t len, int64_t stride) {
 }
 
 // All mm entries NULL: the dispatcher's generic path then calls each type's dot_f32, the reference.
+void peri_f16_to_f32_row_ref(float *y, const uint16_t *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = peri_f16_to_f32(x[i]);
+}
+
 const struct peri_kernel_set peri_kset_ref = {
     .name = "ref",
     .level = PERI_KERNELS_REF,

@@ -425,8 +425,7 @@ static inline void store_row(void *dst, const float *src, int64_t n, bool f16) {
 // Cache row as float32: the row itself for an F32 cache, else converted into buf.
 static inline const float *load_row(const void *src, float *buf, int64_t n, bool f16) {
     if (!f16) return src;
-    const uint16_t *s = src;
-    for (int64_t i = 0; i < n; i++) buf[i] = peri_f16_to_f32(s[i]);
+    peri_f16_to_f32_row(buf, src, n);
     return buf;
 }
 
@@ -478,7 +477,19 @@ static void attn_task(void *arg, int ith, int nth) {
         const uint8_t *valid = x->valid + s * nctx;
         const size_t base = (size_t)((J->layer * nseq + s) * nctx);
         const float *qn = x->q + n * H * dk;
-        for (int64_t j = 0; j < nk; j++) {
+        if (!x->full && x->width_a == R + rope) {
+            // The absorbed queries of heads h0..h1 against all nk cached rows at once: one small matmul on the
+            // cache rows as they are stored (F16 or F32), instead of a row conversion and a dot per key and head.
+            peri_tensor kt = {.name = "latent cache rows", .type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32,
+                              .n_dims = 2, .shape = {nk, R + rope},
+                              .data = (char *)x->cache_a + base * (size_t)x->width_a * x->esz,
+                              .nbytes = (size_t)nk * (size_t)x->width_a * x->esz};
+            peri_matmul_ex(NULL, sc + h0 * nctx, nctx, x->qlat + (n * H + h0) * (R + rope), R + rope, &kt, 0, nk, NULL,
+                           h1 - h0);
+            for (int64_t h = h0; h < h1; h++)
+                for (int64_t j = 0; j < nk; j++) sc[h * nctx + j] = valid[j] ? sc[h * nctx + j] * scale : -INFINITY;
+        }
+        for (int64_t j = 0; j < nk && !(!x->full && x->width_a == R + rope); j++) {
             if (!valid[j]) {
                 for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = -INFINITY;
                 continue;

@@ -330,6 +330,12 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
+static void f16_row(float *y, const uint16_t *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -359,6 +365,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
+    .f16_row = f16_row,
 };
 
 #else

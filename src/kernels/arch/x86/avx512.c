@@ -369,6 +369,12 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
+static void f16_row(float *y, const uint16_t *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -399,6 +405,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
+    .f16_row = f16_row,
 };
 
 #else
