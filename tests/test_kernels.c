@@ -425,7 +425,9 @@ static void test_rows_level(void) {
 static void test_env(const char *self) {
     for (int l = 0; l < PERI_KERNELS_LEVELS; l++) {
         char cmd[4200];
-        snprintf(cmd, sizeof cmd, "PERI_KERNELS=%s '%s' --print-level", peri_kernels_level_name(l), self);
+        // (cross builds run their tests under an emulator, which the child needs too)
+        const char *emu = getenv("PERI_TEST_EMULATOR");
+        snprintf(cmd, sizeof cmd, "PERI_KERNELS=%s %s '%s' --print-level", peri_kernels_level_name(l), emu ? emu : "", self);
         FILE *f = popen(cmd, "r");
         if (!f) continue;
         char out[64] = {0};
