@@ -270,9 +270,8 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
                 for (int64_t i = 0; i < d * d; i++) a->G[bh + i] += TW(t, p->ba)[ph + i];
                 size_t qh = ((size_t)b * H + h) * T * d;
                 peri_tr_mm_fwd(a->Qp + qh, a->Qh + qh, a->G + bh, T, (int)d, (int)d);
-                peri_tr_attn_fwd(a->Oh + qh, a->P + ((size_t)b * H + h) * T * T, a->Qp + qh, a->Kh + qh, a->Vh + qh,
-                                 keep ? keep + (size_t)b * T : NULL, T, (int)d, (int)d, scale);
             }
+        peri_tr_attn_fwd_heads(t->pool, a->Oh, a->P, a->Qp, a->Kh, a->Vh, keep, B, H, T, (int)d, (int)d, scale);
         from_heads_add(a->O, a->Oh, B, T, H, d);
         a->att = tr_alloc(&ar, (size_t)(n * D)); a->s1 = tr_alloc(&ar, (size_t)(n * D)); a->h1 = tr_alloc(&ar, (size_t)(n * D));
         a->m1 = tr_alloc(&ar, (size_t)n); a->r1 = tr_alloc(&ar, (size_t)n);
@@ -342,7 +341,7 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
             float *dAW = tr_alloc(&br, (size_t)(nA * d)), *dZ = tr_alloc(&br, (size_t)(nA * d));
             float *dAf = tr_alloc(&br, (size_t)(nA * d)), *dA0 = tr_alloc(&br, (size_t)(nA * d));
             float *dq = tr_alloc(&br, (size_t)(n * D)), *dk = tr_alloc(&br, (size_t)(n * D)), *dv = tr_alloc(&br, (size_t)(n * D));
-            float *dxin = tr_alloc(&br, (size_t)(n * D)), *tmp = tr_alloc(&br, (size_t)T);
+            float *dxin = tr_alloc(&br, (size_t)(n * D));
             if (br.oom) { tr_arena_free(&br); goto oom; }
             peri_tr_layernorm_bwd(ds2, TG(t, p->ln2_w), TG(t, p->ln2_b), dx, a->s2, a->m2, a->r2, TW(t, p->ln2_w), n, D);
             memcpy(dh1, ds2, sizeof(float) * (size_t)(n * D));
@@ -351,14 +350,9 @@ int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels,
             memcpy(dxin, ds1, sizeof(float) * (size_t)(n * D));
             peri_tr_lin_bwd(t->pool, dO, TG(t, p->wd), TG(t, p->bd), ds1, a->O, TW(t, p->wd), n, D, D);
             to_heads(dOh, dO, B, T, H, d);
-            for (int b = 0; b < B; b++)
-                for (int64_t h = 0; h < H; h++) {
-                    size_t qh = ((size_t)b * H + h) * T * d, bh = ((size_t)b * H + h) * d * d;
-                    peri_tr_attn_bwd(dQp + qh, dKh + qh, dVh + qh, dOh + qh, a->P + ((size_t)b * H + h) * T * T,
-                                     a->Qp + qh, a->Kh + qh, a->Vh + qh, T, (int)d, (int)d, scale, tmp);
-                    // Q' = Q G: the gradient reaches every query through G, from every position's loss
-                    peri_tr_mm_bwd(dQh + qh, dG + bh, dQp + qh, a->Qh + qh, a->G + bh, T, (int)d, (int)d);
-                }
+            // Q' = Q G: the gradient reaches every query through G, from every position's loss
+            if ((rc = peri_tr_attn_bwd_heads(t->pool, dQp, dKh, dVh, dOh, a->P, a->Qp, a->Kh, a->Vh, B, H, T, (int)d, (int)d,
+                                             scale, dQh, dG, a->Qh, a->G))) { tr_arena_free(&br); goto out; }
             if (gdag) {
                 float *dst[3] = {dAW, dAP, dG};
                 for (int k = 0; k < 3; k++)

@@ -140,9 +140,7 @@ int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, 
                     memcpy(a->Vh + hs * dv, a->kv + (i * H + h) * kvw + nope, sizeof(float) * (size_t)dv);
                 }
             }
-        for (int64_t bh = 0; bh < (int64_t)B * H; bh++)
-            peri_tr_attn_fwd(a->Oh + bh * T * dv, a->P + bh * T * T, a->Qh + bh * T * dk, a->Kh + bh * T * dk,
-                             a->Vh + bh * T * dv, NULL, T, (int)dk, (int)dv, scale);
+        peri_tr_attn_fwd_heads(t->pool, a->Oh, a->P, a->Qh, a->Kh, a->Vh, NULL, B, H, T, (int)dk, (int)dv, scale);
         for (int b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++)
                 for (int s = 0; s < T; s++)
@@ -187,7 +185,6 @@ int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, 
             float *dkv = tr_alloc(&br, (size_t)(n * H * kvw)), *dkr = tr_alloc(&br, (size_t)(n * rp));
             float *dc = tr_alloc(&br, (size_t)(n * R)), *dkva = tr_alloc(&br, (size_t)(n * (R + rp)));
             float *dcin = tr_alloc(&br, (size_t)(n * R)), *dh = tr_alloc(&br, (size_t)(n * D));
-            float *tmp = tr_alloc(&br, (size_t)T);
             if (br.oom) { tr_arena_free(&br); goto oom; }
             // x_out = x_mid + down(relu(up(RMS(x_mid)))^2)
             memcpy(dxmid, dx, sizeof(float) * (size_t)(n * D));
@@ -203,9 +200,8 @@ int peri_tr_plm_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, 
                     for (int s = 0; s < T; s++)
                         memcpy(dOh + (((size_t)b * H + h) * T + s) * dv, dO + ((int64_t)b * T + s) * H * dv + h * dv,
                                sizeof(float) * (size_t)dv);
-            for (int64_t bh = 0; bh < (int64_t)B * H; bh++)
-                peri_tr_attn_bwd(dQh + bh * T * dk, dKh + bh * T * dk, dVh + bh * T * dv, dOh + bh * T * dv, a->P + bh * T * T,
-                                 a->Qh + bh * T * dk, a->Kh + bh * T * dk, a->Vh + bh * T * dv, T, (int)dk, (int)dv, scale, tmp);
+            if ((rc = peri_tr_attn_bwd_heads(t->pool, dQh, dKh, dVh, dOh, a->P, a->Qh, a->Kh, a->Vh, B, H, T, (int)dk, (int)dv,
+                                             scale, NULL, NULL, NULL, NULL))) { tr_arena_free(&br); goto out; }
             for (int b = 0; b < B; b++)
                 for (int s = 0; s < T; s++) {
                     int64_t i = (int64_t)b * T + s;

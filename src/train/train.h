@@ -142,6 +142,15 @@ int peri_tr_head_load_jsonl(const peri_trainer *t, const struct peri_tokenizer *
                             peri_tr_example **out, int64_t *n);
 void peri_tr_examples_free(peri_tr_example *ex, int64_t n);
 
+// Causal attention of B x H independent heads on the pool (tops.h's peri_tr_attn_fwd/bwd per head; head bh's
+// rows start at bh*T*dk / bh*T*dv / bh*T*T; keep, if given, is [B,T]). With G (PLDR-LLM, dk = dv = d), the
+// backward also takes Q = Qh G back to dQh and dG ([BH,d,d]).
+void peri_tr_attn_fwd_heads(peri_pool *pool, float *O, float *P, const float *Q, const float *K, const float *V,
+                            const uint8_t *keep, int64_t B, int64_t H, int T, int dk, int dv, float scale);
+int peri_tr_attn_bwd_heads(peri_pool *pool, float *dQ, float *dK, float *dV, const float *dO, const float *P,
+                           const float *Q, const float *K, const float *V, int64_t B, int64_t H, int T, int dk, int dv,
+                           float scale, float *dQh, float *dG, const float *Qh, const float *G);
+
 // Architecture entry points (train/pldr_train.c, train/plm_train.c).
 int peri_tr_pldr_params(peri_trainer *t, const json_value *cfg);
 int peri_tr_pldr_run(peri_trainer *t, const int32_t *ids, const int32_t *labels, int B, int T,

@@ -292,6 +292,62 @@ void peri_tr_lin_bwd(peri_pool *pool, float *dx, float *dW, float *db, const flo
     peri_pool_run(pool, lin_bwd_task, &j);
 }
 
+// ---- attention over the heads, on the pool -------------------------------------------------------------------
+
+struct attn_job {
+    float *O, *P, *dQ, *dK, *dV, *dQh, *dG;
+    const float *Q, *K, *V, *dO, *Qh, *G;
+    const uint8_t *keep;
+    int64_t BH, H;
+    int T, dk, dv, bad;
+    float scale;
+};
+
+static void attn_fwd_task(void *arg, int ith, int nth) {
+    struct attn_job *j = arg;
+    long lo, hi;
+    peri_split((long)j->BH, ith, nth, &lo, &hi);
+    const int64_t T = j->T;
+    for (long bh = lo; bh < hi; bh++)
+        peri_tr_attn_fwd(j->O + bh * T * j->dv, j->P + bh * T * T, j->Q + bh * T * j->dk, j->K + bh * T * j->dk,
+                         j->V + bh * T * j->dv, j->keep ? j->keep + (bh / j->H) * T : NULL, j->T, j->dk, j->dv, j->scale);
+}
+
+static void attn_bwd_task(void *arg, int ith, int nth) {
+    struct attn_job *j = arg;
+    long lo, hi;
+    peri_split((long)j->BH, ith, nth, &lo, &hi);
+    if (lo >= hi) return;
+    const int64_t T = j->T, dk = j->dk, dv = j->dv;
+    float *tmp = malloc(sizeof(float) * (size_t)T);
+    if (!tmp) { j->bad = 1; return; }
+    for (long bh = lo; bh < hi; bh++) {
+        peri_tr_attn_bwd(j->dQ + bh * T * dk, j->dK + bh * T * dk, j->dV + bh * T * dv, j->dO + bh * T * dv,
+                         j->P + bh * T * T, j->Q + bh * T * dk, j->K + bh * T * dk, j->V + bh * T * dv, j->T, j->dk,
+                         j->dv, j->scale, tmp);
+        if (j->G)   // PLDR-LLM: the query is Q' = Qh G; its gradient goes to Qh and to G
+            peri_tr_mm_bwd(j->dQh + bh * T * dk, j->dG + bh * dk * dk, j->dQ + bh * T * dk, j->Qh + bh * T * dk,
+                           j->G + bh * dk * dk, j->T, j->dk, j->dk);
+    }
+    free(tmp);
+}
+
+void peri_tr_attn_fwd_heads(peri_pool *pool, float *O, float *P, const float *Q, const float *K, const float *V,
+                            const uint8_t *keep, int64_t B, int64_t H, int T, int dk, int dv, float scale) {
+    struct attn_job j = {.O = O, .P = P, .Q = Q, .K = K, .V = V, .keep = keep, .BH = B * H, .H = H, .T = T, .dk = dk,
+                         .dv = dv, .scale = scale};
+    peri_pool_run(pool, attn_fwd_task, &j);
+}
+
+int peri_tr_attn_bwd_heads(peri_pool *pool, float *dQ, float *dK, float *dV, const float *dO, const float *P,
+                           const float *Q, const float *K, const float *V, int64_t B, int64_t H, int T, int dk, int dv,
+                           float scale, float *dQh, float *dG, const float *Qh, const float *G) {
+    struct attn_job j = {.dQ = dQ, .dK = dK, .dV = dV, .dO = dO, .P = (float *)P, .Q = Q, .K = K, .V = V, .BH = B * H,
+                         .H = H, .T = T, .dk = dk, .dv = dv, .scale = scale, .dQh = dQh, .dG = dG, .Qh = Qh, .G = G};
+    peri_pool_run(pool, attn_bwd_task, &j);
+    return j.bad ? peri_fail(PERI_E_NOMEM, "out of memory in the attention backward") : PERI_OK;
+}
+
 // ---- DAG: log tr(expm(X)) ---------------------------------------------------------------------------------------
 
 double peri_tr_log_trace_expm(const double *X, int d, double *grad, double *work) {
