@@ -2,7 +2,8 @@
 // tops.c: float (the trainer's kernels) and double (the references the finite-difference tests check).
 // Conventions: row-major; backward functions ACCUMULATE (+=) into every gradient they write, so a
 // tensor used twice sums its gradients and the caller zeroes once per step. NULL bias = no bias.
-// Requires: R (the real type), FN(name) (name with the type suffix), EXP/LOG/POW/SQRT of type R.
+// Requires: R (the real type), FN(name) (name with the type suffix), EXP/LOG/POW/SQRT of type R, and
+// DOT(a, b, n) / AXPY(y, a, x, n) on arrays of R (the attention's inner loops).
 
 // ---- linear: y[n,M] = x[n,K] W[M,K]^T + b -------------------------------------------------------------
 void FN(peri_tr_linear_fwd)(R *y, const R *x, const R *W, const R *b, int64_t n, int64_t K, int64_t M) {
@@ -174,9 +175,7 @@ void FN(peri_tr_attn_fwd)(R *O, R *P, const R *Q, const R *K, const R *V, const 
         R *p = P + (int64_t)t * T, mx = -INFINITY;
         for (int s = 0; s < T; s++) {
             if (s > t || (keep && !keep[s])) { p[s] = -INFINITY; continue; }
-            R acc = 0;
-            for (int i = 0; i < dk; i++) acc += Q[(int64_t)t * dk + i] * K[(int64_t)s * dk + i];
-            p[s] = acc * scale;
+            p[s] = DOT(Q + (int64_t)t * dk, K + (int64_t)s * dk, dk) * scale;
             if (p[s] > mx) mx = p[s];
         }
         R sum = 0;
@@ -186,7 +185,7 @@ void FN(peri_tr_attn_fwd)(R *O, R *P, const R *Q, const R *K, const R *V, const 
         if (sum == 0) continue;
         for (int s = 0; s < T; s++) {
             p[s] /= sum;
-            if (p[s] != 0) for (int i = 0; i < dv; i++) o[i] += p[s] * V[(int64_t)s * dv + i];
+            if (p[s] != 0) AXPY(o, p[s], V + (int64_t)s * dv, dv);
         }
     }
 }
@@ -197,19 +196,16 @@ void FN(peri_tr_attn_bwd)(R *dQ, R *dK, R *dV, const R *dO, const R *P, const R 
         const R *p = P + (int64_t)t * T, *g = dO + (int64_t)t * dv;
         R dot = 0;
         for (int s = 0; s <= t; s++) {
-            R acc = 0;
-            for (int i = 0; i < dv; i++) acc += g[i] * V[(int64_t)s * dv + i];
+            R acc = DOT(g, V + (int64_t)s * dv, dv);
             tmp[s] = acc;
             dot += p[s] * acc;
-            if (p[s] != 0) for (int i = 0; i < dv; i++) dV[(int64_t)s * dv + i] += p[s] * g[i];
+            if (p[s] != 0) AXPY(dV + (int64_t)s * dv, p[s], g, dv);
         }
         for (int s = 0; s <= t; s++) {
             R ds = p[s] * (tmp[s] - dot) * scale;
             if (ds == 0) continue;
-            for (int i = 0; i < dk; i++) {
-                dQ[(int64_t)t * dk + i] += ds * K[(int64_t)s * dk + i];
-                dK[(int64_t)s * dk + i] += ds * Q[(int64_t)t * dk + i];
-            }
+            AXPY(dQ + (int64_t)t * dk, ds, K + (int64_t)s * dk, dk);
+            AXPY(dK + (int64_t)s * dk, ds, Q + (int64_t)t * dk, dk);
         }
     }
 }
