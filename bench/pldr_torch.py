@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 
-def load_safetensors(path):
+def load_safetensors(path, requires_grad=False):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -30,12 +30,13 @@ def load_safetensors(path):
             continue
         assert info["dtype"] == "F32", f"{name}: only F32 weights are supported here"
         b, e = info["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data, dtype=np.float32, count=(e - b) // 4, offset=b).copy()).reshape(info["shape"])
+        arr = np.frombuffer(data, dtype=np.float32, count=(e - b) // 4, offset=b).copy()
+        out[name] = torch.from_numpy(arr).reshape(info["shape"]).requires_grad_(requires_grad)
     return out
 
 
 class PLDR:
-    def __init__(self, folder):
+    def __init__(self, folder, requires_grad=False):
         cfg = json.load(open(f"{folder}/config.json"))
         self.V, self.D, self.L = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"]
         self.H, self.d = cfg["num_attention_heads"], cfg["head_dim"]
@@ -43,7 +44,7 @@ class PLDR:
         self.eps = cfg.get("layer_norm_eps", 1e-6)
         self.interleaved = cfg.get("reference_rope", True)
         theta = cfg.get("rope_theta", 10000.0)
-        self.w = load_safetensors(f"{folder}/model.safetensors")
+        self.w = load_safetensors(f"{folder}/model.safetensors", requires_grad)
         inv = 1.0 / (theta ** (torch.arange(0, self.d, 2).float() / self.d))
         ang = torch.einsum("i,j->ij", torch.arange(cfg["max_position_embeddings"]).float(), inv)
         self.cos, self.sin = torch.cos(ang), torch.sin(ang)

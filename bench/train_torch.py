@@ -8,54 +8,20 @@ with `peri grad --orig` on the same ids, then the time per step and tokens/s.
 usage: /usr/bin/python3 bench/train_torch.py MODEL_DIR [--seq 256] [--batch 8] [--steps 5] [-t 2] [--print-ids]
 """
 import argparse
-import json
 import math
-import struct
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", f"{name}: only F32 weights are supported here"
-        b, e = info["data_offsets"]
-        arr = np.frombuffer(data, dtype=np.float32, count=(e - b) // 4, offset=b).copy()
-        out[name] = torch.from_numpy(arr).reshape(info["shape"]).requires_grad_(True)
-    return out
+from pldr_torch import PLDR
 
 
-class PLDRTrain:
+class PLDRTrain(PLDR):
+    """The inference model of bench/pldr_torch.py with trainable weights and a batched, position-0 RoPE."""
+
     def __init__(self, folder):
-        cfg = json.load(open(f"{folder}/config.json"))
-        self.V, self.D, self.L = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"]
-        self.H, self.d = cfg["num_attention_heads"], cfg["head_dim"]
-        self.n_res, self.n_dense = cfg.get("num_reslayerA", 8), cfg.get("num_denseA", 2)
-        self.eps = cfg.get("layer_norm_eps", 1e-6)
-        self.interleaved = cfg.get("reference_rope", True)
-        theta = cfg.get("rope_theta", 10000.0)
-        self.w = load_safetensors(f"{folder}/model.safetensors")
-        inv = 1.0 / (theta ** (torch.arange(0, self.d, 2).float() / self.d))
-        ang = torch.einsum("i,j->ij", torch.arange(cfg["max_position_embeddings"]).float(), inv)
-        self.cos, self.sin = torch.cos(ang), torch.sin(ang)
-
-    def lin(self, x, name):
-        return F.linear(x, self.w[name + ".weight"], self.w.get(name + ".bias"))
-
-    def ln(self, x, name, n):
-        return F.layer_norm(x, (n,), self.w[name + ".weight"], self.w[name + ".bias"], self.eps)
-
-    def glu(self, x, name):
-        return self.lin(F.silu(self.lin(x, name + ".gluw1")) * self.lin(x, name + ".gluw2"), name + ".gluw3")
+        super().__init__(folder, requires_grad=True)
 
     def rope(self, x):  # x [B, T, H, d]
         T = x.shape[1]
