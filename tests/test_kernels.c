@@ -161,6 +161,13 @@ static void test_matmul_level(peri_pool *pool) {
         // Big enough to go through the pool (the small ones run on the caller).
         ok &= check_matmul(pool, type, 131, tt->blck_size > 1 ? 3 * tt->blck_size : 515, 1, 0, 1);
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
+        // The float prefill GEMM (gemm_f32.inc): both drivers (weight panels for many x rows on a small weight,
+        // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
+        // chunks of up to 1024. {M, K, n}
+        static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
+                                        {170, 64, 90}, {64, 170, 90}};
+        for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)
+            ok &= check_matmul(pool, type, gg[g][0], gg[g][1], gg[g][2], (int)(g & 1), (int)(g % 3 != 2));
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
     }
 }

@@ -339,6 +339,9 @@ typedef struct {
     // per-thread attention scratch: scores [n_ctx] + qG [d]
     float *att;
     int att_stride;
+    // per-thread learner scratch: a head's q columns transposed ([d][n_batch]) or a d x d matrix transposed
+    float *tq;
+    size_t tq_stride;
     float *logit_x;                                // [n_seq_max][D] rows for the LM head
 } pldr_ctx;
 
@@ -356,7 +359,7 @@ static void pldr_ctx_free(peri_context *c) {
     free(x->x); free(x->h); free(x->q); free(x->k); free(x->v); free(x->o); free(x->t); free(x->f1); free(x->f2);
     free(x->pos);
     free(x->lA); free(x->lin); free(x->lg1); free(x->lg2); free(x->lt);
-    free(x->att); free(x->logit_x);
+    free(x->att); free(x->tq); free(x->logit_x);
     free(x);
     c->arch = NULL;
 }
@@ -391,6 +394,11 @@ static int pldr_ctx_init(peri_context *c) {
     x->att_stride = (int)(T + (size_t)p->d + 16);
     CTX_ALLOC(x->att, (size_t)peri_pool_size(c->pool) * x->att_stride);
     CTX_ALLOC(x->logit_x, S * D);
+    if (p->custom_g == G_LEARNED) {
+        size_t cols = (size_t)c->params.n_batch > (size_t)p->d ? (size_t)c->params.n_batch : (size_t)p->d;
+        x->tq_stride = (size_t)p->d * cols;
+        CTX_ALLOC(x->tq, (size_t)peri_pool_size(c->pool) * x->tq_stride);
+    }
     if (p->custom_g != G_LEARNED)
         for (size_t s = 0; s < S; s++) {
             memcpy(x->g_A + s * gsz, p->fixed_A, sizeof(float) * gsz);
@@ -417,20 +425,101 @@ static void emit(const peri_context *c, const char *name, int32_t seq, const flo
 }
 
 // GLU over n rows: out = W3 (silu(W1 x + b1) * (W2 x + b2)) + b3.
+struct swiglu_job {
+    float *y;
+    const float *a, *b;
+    int64_t n;
+};
+
+static void swiglu_task(void *arg, int ith, int nth) {
+    const struct swiglu_job *j = arg;
+    long lo, hi;
+    peri_split((long)((j->n + 15) / 16), ith, nth, &lo, &hi);
+    int64_t e0 = (int64_t)lo * 16, e1 = (int64_t)hi * 16 < j->n ? (int64_t)hi * 16 : j->n;
+    if (e0 < e1) peri_swiglu(j->y + e0, j->a + e0, j->b + e0, e1 - e0);
+}
+
 static void glu_forward(peri_pool *pool, const pldr_glu *g, float *out, const float *in, float *t1, float *t2,
                         int64_t n, int64_t hidden) {
     peri_matmul(pool, t1, in, g->w1, g->b1, n);
     peri_matmul(pool, t2, in, g->w2, g->b2, n);
-    peri_swiglu(t1, t1, t2, n * hidden);
+    struct swiglu_job sj = {t1, t1, t2, n * hidden};
+    peri_pool_run(pool, swiglu_task, &sj);
     peri_matmul(pool, out, t1, g->w3, g->b3, n);
 }
 
-// C = A B for d x d matrices, row by row with the SIMD axpy.
-static void gemm_rows(float *C, const float *A, const float *B, int d) {
-    for (int i = 0; i < d; i++) {
-        float *c = C + (size_t)i * d;
-        memset(c, 0, sizeof(float) * (size_t)d);
-        for (int k = 0; k < d; k++) peri_axpy(c, A[(size_t)i * d + k], B + (size_t)k * d, d);
+// A float32 d x K matrix in memory as a weight, for peri_matmul (y = x M^T).
+static peri_tensor f32_view(const float *data, int64_t rows, int64_t cols) {
+    peri_tensor t = {.name = "scratch", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {rows, cols}, .data = data,
+                     .nbytes = sizeof(float) * (size_t)(rows * cols)};
+    return t;
+}
+
+static void transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * rows + i] = src[i * ld_src + j];
+}
+
+// C = A B for d x d matrices (row-major) through the matmul kernel, single-threaded; tmp holds d x d floats.
+static void gemm_dd(float *C, const float *A, const float *B, int d, float *tmp) {
+    transpose(tmp, B, d, d, d);
+    peri_tensor bt = f32_view(tmp, d, d);
+    peri_matmul(NULL, C, A, &bt, NULL, d);
+}
+
+// The learner's row work (LayerNorms and residual adds over rows of d), split over the threads.
+struct lrows_job {
+    peri_context *c;
+    int l, ns, r;          // r < 0: A = LN_A(A_raw); else: residual unit r's A = LN_r(A + A_in)
+    const int *seqs;
+};
+
+static void lrows_task(void *arg, int ith, int nth) {
+    const struct lrows_job *J = arg;
+    const pldr_model *p = J->c->model->arch;
+    pldr_ctx *x = J->c->arch;
+    const pldr_layer *ly = &p->layers[J->l];
+    const int d = p->d;
+    const int64_t per = (int64_t)p->H * d;   // rows per sequence
+    const size_t hdd = (size_t)per * d, gsz = (size_t)p->L * hdd;
+    long lo, hi;
+    peri_split((long)(J->ns * per), ith, nth, &lo, &hi);
+    for (long i = lo; i < hi; i++) {
+        float *row = x->lA + (size_t)i * d;
+        if (J->r < 0) {
+            const float *raw = x->g_A_raw + (size_t)J->seqs[i / per] * gsz + (size_t)J->l * hdd + (size_t)(i % per) * d;
+            peri_layernorm(row, raw, ly->lnA_w, ly->lnA_b, d, p->eps);
+        } else {
+            peri_axpy(row, 1.0f, x->lin + (size_t)i * d, d);
+            peri_layernorm(row, row, ly->res_ln_w[J->r], ly->res_ln_b[J->r], d, p->eps);
+        }
+    }
+}
+
+// PLGA for one (sequence, head) per work item: A_LM = iSwiGLU(W@A + b) + 1e-9, A_P = A_LM^pw, G = a@A_P + ba.
+static void plga_task(void *arg, int ith, int nth) {
+    const struct lrows_job *J = arg;
+    const pldr_model *p = J->c->model->arch;
+    pldr_ctx *x = J->c->arch;
+    const pldr_layer *ly = &p->layers[J->l];
+    const int H = p->H, d = p->d;
+    const size_t hdd = (size_t)H * d * d, gsz = (size_t)p->L * hdd;
+    float *tmp = x->tq + (size_t)ith * x->tq_stride;
+    long lo, hi;
+    peri_split((long)J->ns * H, ith, nth, &lo, &hi);
+    for (long item = lo; item < hi; item++) {
+        const int s = (int)(item / H), h = (int)(item % H);
+        const size_t off = (size_t)J->seqs[s] * gsz + (size_t)J->l * hdd, ho = (size_t)h * d * d;
+        float *A = x->g_A + off + ho, *ALM = x->g_A_LM + off + ho, *AP = x->g_A_P + off + ho, *G = x->g_G + off + ho;
+        memcpy(A, x->lA + (size_t)s * hdd + ho, sizeof(float) * (size_t)d * d);
+        gemm_dd(ALM, ly->W + ho, A, d, tmp);
+        for (int i = 0; i < d * d; i++) {
+            float z = ALM[i] + ly->b[ho + i];
+            ALM[i] = z * peri_silu(z) + 1e-9f;
+            AP[i] = powf(ALM[i], ly->pw[ho + i]);
+        }
+        gemm_dd(G, ly->a + ho, AP, d, tmp);
+        for (int i = 0; i < d * d; i++) G[i] += ly->ba[ho + i];
     }
 }
 
@@ -441,14 +530,9 @@ static void learn_G(peri_context *c, int l, const int *seqs, int ns) {
     pldr_ctx *x = c->arch;
     const pldr_layer *ly = &p->layers[l];
     const int H = p->H, d = p->d;
-    const size_t hdd = (size_t)H * d * d, gsz = (size_t)p->L * hdd;
     const int64_t R = (int64_t)ns * H * d;   // rows of length d
-    // A = LN_A(A_raw), row by row
-    for (int s = 0; s < ns; s++) {
-        const float *raw = x->g_A_raw + (size_t)seqs[s] * gsz + (size_t)l * hdd;
-        for (int64_t r = 0; r < (int64_t)H * d; r++)
-            peri_layernorm(x->lA + ((size_t)s * H * d + r) * d, raw + r * d, ly->lnA_w, ly->lnA_b, d, p->eps);
-    }
+    struct lrows_job job = {c, l, ns, -1, seqs};
+    peri_pool_run(c->pool, lrows_task, &job);   // A = LN_A(A_raw)
     // residual units: A = LN_r(GLU_n(...GLU_1(A)) + A)
     for (int r = 0; r < p->n_res; r++) {
         memcpy(x->lin, x->lA, sizeof(float) * (size_t)R * d);
@@ -458,29 +542,36 @@ static void learn_G(peri_context *c, int l, const int *seqs, int ns) {
             memcpy(x->lA, x->lt, sizeof(float) * (size_t)R * d);
             cur = x->lA;
         }
-        for (int64_t i = 0; i < R; i++) {
-            float *row = x->lA + i * d;
-            const float *in = x->lin + i * d;
-            peri_axpy(row, 1.0f, in, d);
-            peri_layernorm(row, row, ly->res_ln_w[r], ly->res_ln_b[r], d, p->eps);
-        }
+        job.r = r;
+        peri_pool_run(c->pool, lrows_task, &job);
     }
-    // PLGA per head: A_LM = iSwiGLU(W@A + b) + 1e-9, A_P = A_LM^pw, G = a@A_P + ba
-    for (int s = 0; s < ns; s++) {
-        size_t off = (size_t)seqs[s] * gsz + (size_t)l * hdd;
-        float *A = x->g_A + off, *ALM = x->g_A_LM + off, *AP = x->g_A_P + off, *G = x->g_G + off;
-        memcpy(A, x->lA + (size_t)s * hdd, sizeof(float) * hdd);
-        for (int h = 0; h < H; h++) {
-            size_t ho = (size_t)h * d * d;
-            gemm_rows(ALM + ho, ly->W + ho, A + ho, d);
-            for (int i = 0; i < d * d; i++) {
-                float z = ALM[ho + i] + ly->b[ho + i];
-                ALM[ho + i] = z * peri_silu(z) + 1e-9f;
-                AP[ho + i] = powf(ALM[ho + i], ly->pw[ho + i]);
-            }
-            gemm_rows(G + ho, ly->a + ho, AP + ho, d);
-            for (int i = 0; i < d * d; i++) G[ho + i] += ly->ba[ho + i];
-        }
+    peri_pool_run(c->pool, plga_task, &job);
+}
+
+// A_raw of layer l for each prefilling row: the sum over all S positions (padding included) of q q^T per head,
+// one (row, head) per work item as a d x d matmul of the head's q columns with themselves.
+struct araw_job {
+    peri_context *c;
+    int l, S, n_rows;
+    const int *rows;        // batch rows that prefill
+    const int32_t *seq;     // sequence of each batch row
+};
+
+static void araw_task(void *arg, int ith, int nth) {
+    const struct araw_job *J = arg;
+    const pldr_model *p = J->c->model->arch;
+    pldr_ctx *x = J->c->arch;
+    const int H = p->H, d = p->d, D = p->D, S = J->S;
+    const size_t hdd = (size_t)H * d * d, gsz = (size_t)p->L * hdd;
+    float *qt = x->tq + (size_t)ith * x->tq_stride;   // [d][S]
+    long lo, hi;
+    peri_split((long)J->n_rows * H, ith, nth, &lo, &hi);
+    for (long item = lo; item < hi; item++) {
+        const int r = J->rows[item / H], h = (int)(item % H);
+        transpose(qt, x->q + (size_t)r * S * D + (size_t)h * d, S, d, D);
+        peri_tensor qv = f32_view(qt, d, S);
+        float *raw = x->g_A_raw + (size_t)J->seq[r] * gsz + (size_t)J->l * hdd + (size_t)h * d * d;
+        peri_matmul(NULL, raw, qt, &qv, NULL, d);
     }
 }
 
@@ -620,21 +711,14 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
         }
         // G for prefilling sequences: A_raw = sum over all S positions (padding included) of q q^T per head
         if (n_prefill) {
+            int rows[4096], n_rows = 0;
             for (int r = 0; r < n_seq; r++) {
                 int is_pre = 0;
                 for (int k = 0; k < n_prefill; k++) is_pre |= prefill[k] == seq[r];
-                if (!is_pre) continue;
-                float *raw = x->g_A_raw + (size_t)seq[r] * gsz + (size_t)l * hdd;
-                memset(raw, 0, sizeof(float) * hdd);
-                for (int i = 0; i < S; i++) {
-                    const float *qt = x->q + ((size_t)r * S + i) * D;
-                    for (int h = 0; h < H; h++) {
-                        const float *qh = qt + (size_t)h * d;
-                        float *Ah = raw + (size_t)h * d * d;
-                        for (int a = 0; a < d; a++) peri_axpy(Ah + (size_t)a * d, qh[a], qh, d);
-                    }
-                }
+                if (is_pre) rows[n_rows++] = r;
             }
+            struct araw_job aj = {c, l, S, n_rows, rows, seq};
+            peri_pool_run(c->pool, araw_task, &aj);
             learn_G(c, l, prefill, n_prefill);
             // cache_first_G: the cache holds the first row's G for every sequence of this batch
             if (c->params.cache_first_G)

@@ -152,9 +152,53 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #undef B
 }
 
+// Lanes below n set: the mask of AVX2's masked loads and stores.
+PERI_INLINE __m256i lanes_below(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#define GP_VEC __m256
+#define GP_VL 8
+#define GP_NV 2
+#define GP_MR 6
+#define GP_ZERO() _mm256_setzero_ps()
+#define GP_LOAD(p) _mm256_load_ps(p)
+#define GP_SET1(v) _mm256_set1_ps(v)
+#define GP_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define GP_STORE(p, v) _mm256_store_ps(p, v)
+#define GP_ADD(a, b) _mm256_add_ps(a, b)
+#define GP_LOADU_N(p, n) _mm256_maskload_ps(p, lanes_below(n))
+#define GP_STOREU_N(p, n, v) _mm256_maskstore_ps(p, lanes_below(n), v)
+// 8 x 8 floats transposed in place: pairs, quads, then the 128-bit halves.
+PERI_INLINE void transpose8(__m256 r[8]) {
+    __m256 t[8];
+    PERI_UNROLL for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    PERI_UNROLL for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    PERI_UNROLL for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    PERI_UNROLL for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+#define GP_TRANSPOSE(t) transpose8(t)
+#include "kernels/arch/x86/gemm_f32.inc"
+
+// From this many x rows on, the outer-product GEMM beats streaming the weights through dot-product tiles.
+#define GP_MIN_N 8
+
 static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+    if (n >= GP_MIN_N)
+        gp_gemm(y, ldy, x, (int64_t)(xs / sizeof(float)), w, (int64_t)(ws / sizeof(float)), K, m, n, bias);
+    else
+        mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {

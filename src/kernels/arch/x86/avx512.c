@@ -144,9 +144,54 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #undef B
 }
 
+#define GP_VEC __m512
+#define GP_VL 16
+#define GP_NV 2
+#define GP_MR 12
+#define GP_ZERO() _mm512_setzero_ps()
+#define GP_LOAD(p) _mm512_load_ps(p)
+#define GP_SET1(v) _mm512_set1_ps(v)
+#define GP_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define GP_STORE(p, v) _mm512_store_ps(p, v)
+#define GP_ADD(a, b) _mm512_add_ps(a, b)
+#define GP_LOADU_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define GP_STOREU_N(p, n, v) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+// 16 x 16 floats transposed in place: pairs, then quads within 128-bit lanes, then the lanes.
+PERI_INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    PERI_UNROLL for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    PERI_UNROLL for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    PERI_UNROLL for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    PERI_UNROLL for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+#define GP_TRANSPOSE(t) transpose16(t)
+#include "kernels/arch/x86/gemm_f32.inc"
+
+// From this many x rows on, the outer-product GEMM beats streaming the weights through dot-product tiles.
+#define GP_MIN_N 8
+
 static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+    if (n >= GP_MIN_N)
+        gp_gemm(y, ldy, x, (int64_t)(xs / sizeof(float)), w, (int64_t)(ws / sizeof(float)), K, m, n, bias);
+    else
+        mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
