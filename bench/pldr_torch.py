@@ -137,7 +137,16 @@ def main():
         best_tg = min(best_tg, time.perf_counter() - t0)
     import os
     blas = os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3")  # Debian's torch uses the system BLAS
-    print(f"torch {torch.__version__}, threads {a.t}, BLAS: {blas}")
+    core = "?"
+    try:  # OpenBLAS picks its kernels from the CPU model: show which (Prescott is its SSE3 fallback)
+        import ctypes
+        lib = ctypes.CDLL(blas)
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        core = lib.openblas_get_corename().decode()
+    except (OSError, AttributeError):
+        pass
+    print(f"torch {torch.__version__}, threads {a.t}, BLAS: {blas} (core {core}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     print(f"prefill pp{a.p}: {a.p / best_pp:.1f} tokens/s ({best_pp:.3f} s)")
     print(f"decode tg{a.n} at depth {a.p}: {a.n / best_tg:.2f} tokens/s ({1e3 * best_tg / a.n:.2f} ms/token)")
 

@@ -444,7 +444,8 @@ static void glu_forward(peri_pool *pool, const pldr_glu *g, float *out, const fl
     peri_matmul(pool, t1, in, g->w1, g->b1, n);
     peri_matmul(pool, t2, in, g->w2, g->b2, n);
     struct swiglu_job sj = {t1, t1, t2, n * hidden};
-    peri_pool_run(pool, swiglu_task, &sj);
+    if (n * hidden >= 32768) peri_pool_run(pool, swiglu_task, &sj);   // else not worth waking the threads
+    else swiglu_task(&sj, 0, 1);
     peri_matmul(pool, out, t1, g->w3, g->b3, n);
 }
 
