@@ -188,6 +188,7 @@ PERI_INLINE void transpose8(__m256 r[8]) {
     PERI_UNROLL for (int i = 0; i < 8; i++) r[i] = t[i];
 }
 #define GP_TRANSPOSE(t) transpose8(t)
+#define GP_LOADW_N(wt, row, k, n) ((n) == 8 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
 #include "kernels/arch/x86/gemm_f32.inc"
 
 // From this many x rows on, the outer-product GEMM beats streaming the weights through dot-product tiles.
@@ -195,14 +196,13 @@ PERI_INLINE void transpose8(__m256 r[8]) {
 
 static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
-    if (n >= GP_MIN_N)
-        gp_gemm(y, ldy, x, (int64_t)(xs / sizeof(float)), w, (int64_t)(ws / sizeof(float)), K, m, n, bias);
-    else
-        mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_F32, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
+    else mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                    int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_F16, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
+    else mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
@@ -214,7 +214,8 @@ static void mm_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void 
 }
 static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
+    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_BF16, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
+    else mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 
 // ---- row helpers ------------------------------------------------------------------------------------------
