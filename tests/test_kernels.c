@@ -132,6 +132,46 @@ static int check_matmul(peri_pool *pool, int type, int64_t M, int64_t K, int64_t
     return !bad;
 }
 
+// peri_get_row (the level's dequantizer where it has one) against the type's reference to_float, bit for bit, on
+// blocks quantized from values of very different sizes (and zeros) and on blocks of random bytes with finite scales.
+static void test_get_row_level(void) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    for (int type = 0; type < PERI_TYPE_COUNT; type++) {
+        const struct peri_type_traits *tt = peri_type_traits(type);
+        if (!tt || !tt->supported || !tt->to_float || !tt->from_float) continue;
+        const int64_t K = 3 * 256, M = 4;
+        const size_t rs = peri_row_size(type, K);
+        float *src = malloc(sizeof(float) * (size_t)(M * K)), *a = malloc(sizeof(float) * (size_t)K),
+              *b = malloc(sizeof(float) * (size_t)K);
+        char *w = malloc(rs * (size_t)M);
+        static const float mags[] = {1.0f, 1e-4f, 3e3f, 0.0f};
+        for (int64_t r = 0; r < M; r++) {
+            for (int64_t k = 0; k < K; k++) src[r * K + k] = frand() * mags[r];
+            tt->from_float(src + r * K, w + (size_t)r * rs, K);
+        }
+        int bad = 0;
+        for (int pass = 0; pass < 2 && !bad; pass++) {
+            // Pass 1: bits 0 and 4 of every byte flipped at random (codes, scales and mins alike), which reaches
+            // code patterns quantization never writes.
+            if (pass == 1 && tt->blck_size > 1)
+                for (size_t i = 0; i < rs * (size_t)M; i++) w[i] = (char)(w[i] ^ (char)(rnd() & 0x11));
+            peri_tensor W = {.name = "w", .type = type, .n_dims = 2, .shape = {M, K}, .data = w, .nbytes = rs * (size_t)M};
+            for (int64_t r = 0; r < M && !bad; r++) {
+                peri_get_row(&W, r, a);
+                peri_get_row_ref(&W, r, b);
+                for (int64_t k = 0; k < K && !bad; k++)
+                    if (memcmp(&a[k], &b[k], sizeof(float)) != 0 && !(isnan(a[k]) && isnan(b[k]))) {
+                        fprintf(stderr, "get_row %s %s pass %d row %lld [%lld]: %.9g, reference %.9g\n", lvl, tt->name,
+                                pass, (long long)r, (long long)k, a[k], b[k]);
+                        bad = 1;
+                    }
+            }
+        }
+        CHECKF(!bad, "get_row %s at level %s", tt->name, lvl);
+        free(src), free(a), free(b), free(w);
+    }
+}
+
 static void test_matmul_level(peri_pool *pool) {
     static const int64_t Ks[] = {1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 100, 129, 300};
     static const int64_t Kblocks[] = {1, 2, 3, 5, 7}; // block types: K is a number of blocks
@@ -534,6 +574,7 @@ int main(int argc, char **argv) {
         test_matmul_level(NULL);
         test_matmul_level(pool);
         test_rows_level();
+        test_get_row_level();
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);

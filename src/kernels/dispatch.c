@@ -124,6 +124,16 @@ void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n) {
     else peri_f16_to_f32_row_ref(y, x, n);
 }
 
+void peri_get_row(const peri_tensor *W, int64_t r, float *out) {
+    peri_to_float_fn f = W->type >= 0 && W->type < PERI_TYPE_COUNT ? peri_kernels_current()->to_float[W->type] : NULL;
+    if (!f) {
+        peri_get_row_ref(W, r, out);
+        return;
+    }
+    int64_t K = W->shape[W->n_dims - 1];
+    f((const char *)W->data + (size_t)r * peri_row_size(W->type, K), out, K);
+}
+
 // ---- matmul -----------------------------------------------------------------------------------------------
 
 // Below this many multiply-adds the pool's wake-up costs more than it saves (per-head slices, tiny

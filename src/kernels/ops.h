@@ -21,8 +21,10 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
 void peri_matmul_ex_ref(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
                         int64_t row0, int64_t M, const float *bias, int64_t n);
 
-// Row r of a 2-D weight (any supported type) as float32 (K values).
+// Row r of a 2-D weight (any supported type) as float32 (K values): SIMD where the level has a dequantizer
+// for the type, else the type's reference (peri_get_row_ref).
 void peri_get_row(const peri_tensor *W, int64_t r, float *out);
+void peri_get_row_ref(const peri_tensor *W, int64_t r, float *out);
 
 // Plain float helpers (single rows).
 void peri_layernorm_ref(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);

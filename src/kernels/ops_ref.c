@@ -91,7 +91,7 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
     }
 }
 
-void peri_get_row(const peri_tensor *W, int64_t r, float *out) {
+void peri_get_row_ref(const peri_tensor *W, int64_t r, float *out) {
     int64_t K = W->shape[W->n_dims - 1];
     size_t rs = peri_row_size(W->type, K);
     peri_type_traits(W->type)->to_float((const char *)W->data + (size_t)r * rs, out, K);

@@ -554,7 +554,17 @@ static void heads_task(void *arg, int ith, int nth) {
     long lo, hi;
     peri_split((long)H, ith, nth, &lo, &hi);
     for (int64_t h = lo; h < hi; h++) {
-        if (!J->out) {
+        if (!J->out && J->n_rows <= 4) {
+            // Decode: W_kb,h^T q_nope,h = sum over the head's nope rows d of q_nope[d] * row d (dequantized once).
+            float *row = x->rowbuf + (int64_t)ith * x->rowbuf_n;
+            for (int64_t i = 0; i < J->n_rows; i++)
+                memset(x->qlat + i * H * (R + rope) + h * (R + rope), 0, sizeof(float) * (size_t)R);
+            for (int64_t d = 0; d < nope; d++) {
+                peri_get_row(J->L->wkvb, h * (nope + vd) + d, row);
+                for (int64_t i = 0; i < J->n_rows; i++)
+                    peri_axpy(x->qlat + i * H * (R + rope) + h * (R + rope), x->q[i * H * dk + h * dk + d], row, R);
+            }
+        } else if (!J->out) {
             // W_kb,h^T q_nope,h contracts over the rows of kv_b, which a matmul cannot do on the stored weight:
             // this head's nope rows are dequantized and transposed into the thread's [R x nope] scratch (about
             // 2% of the layer's work; a model-wide float32 copy would cost 128 MiB for PLM-1.8B).

@@ -415,6 +415,83 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
+// ---- weight rows as float32 (peri_get_row) ------------------------------------------------------------------
+// The same operations as the references in tensor/quants*.c, one rounding each: products (and Q4_K's
+// difference) use the explicit-rounding forms so the compiler cannot fuse them into an FMA.
+#define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static void deq_q8_0(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = src;
+    for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(x[i].d));
+        PERI_UNROLL for (int h = 0; h < 2; h++) {
+            __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qs + 16 * h)));
+            _mm512_storeu_ps(y + 16 * h, _mm512_mul_round_ps(_mm512_cvtepi32_ps(q), d, RN));
+        }
+    }
+}
+
+static void deq_q4_0(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = src;
+    const __m512i m4 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(x[i].d));
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x[i].qs));
+        __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, m4), c8), hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8);
+        _mm512_storeu_ps(y, _mm512_mul_round_ps(_mm512_cvtepi32_ps(lo), d, RN));
+        _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), d, RN));
+    }
+}
+
+static void deq_q4_K(const void *src, float *y, int64_t n) {
+    const block_q4_K *x = src;
+    const __m512i m4 = _mm512_set1_epi32(15);
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = _cvtsh_ss(x[i].d), mn = _cvtsh_ss(x[i].dmin);
+        _Alignas(16) uint8_t sm[16];
+        q_k4_scales(x[i].scales, sm);   // scales of sub-blocks 0..7, then their mins
+        PERI_UNROLL for (int p = 0; p < 4; p++) {
+            const __m512 d1 = _mm512_set1_ps(d * sm[2 * p]), m1 = _mm512_set1_ps(mn * sm[8 + 2 * p]);
+            const __m512 d2 = _mm512_set1_ps(d * sm[2 * p + 1]), m2 = _mm512_set1_ps(mn * sm[8 + 2 * p + 1]);
+            PERI_UNROLL for (int h = 0; h < 2; h++) {
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qs + 32 * p + 16 * h)));
+                __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, m4)), hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+                _mm512_storeu_ps(y + 64 * p + 16 * h, _mm512_sub_round_ps(_mm512_mul_round_ps(d1, lo, RN), m1, RN));
+                _mm512_storeu_ps(y + 64 * p + 32 + 16 * h, _mm512_sub_round_ps(_mm512_mul_round_ps(d2, hi, RN), m2, RN));
+            }
+        }
+    }
+}
+
+static void deq_q6_K(const void *src, float *y, int64_t n) {
+    const block_q6_K *x = src;
+    const __m512i m4 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3), c32 = _mm512_set1_epi32(32);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d);
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        const int8_t *sc = x[i].scales;
+        for (int k = 0; k < QK_K; k += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+            PERI_UNROLL for (int h = 0; h < 2; h++) {   // values l = 16h .. 16h+15 of each quarter, scale sc[h + ...]
+                __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * h)));
+                __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * h)));
+                __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * h)));
+                __m512i q[4] = {
+                    _mm512_or_si512(_mm512_and_si512(a, m4), _mm512_slli_epi32(_mm512_and_si512(c, m3), 4)),
+                    _mm512_or_si512(_mm512_and_si512(b, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(c, 2), m3), 4)),
+                    _mm512_or_si512(_mm512_srli_epi32(a, 4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(c, 4), m3), 4)),
+                    _mm512_or_si512(_mm512_srli_epi32(b, 4), _mm512_slli_epi32(_mm512_srli_epi32(c, 6), 4)),
+                };
+                PERI_UNROLL for (int j = 0; j < 4; j++) {
+                    const __m512 ds = _mm512_set1_ps(d * sc[h + 2 * j]);   // (d * scale) * q, in that order
+                    _mm512_storeu_ps(y + 32 * j + 16 * h,
+                                     _mm512_mul_round_ps(ds, _mm512_cvtepi32_ps(_mm512_sub_epi32(q[j], c32)), RN));
+                }
+            }
+        }
+    }
+}
+#undef RN
+
 static void f16_row(float *y, const uint16_t *x, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
@@ -452,6 +529,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .swiglu = swiglu,
     .sum8 = sum8,
     .f16_row = f16_row,
+    .to_float = {[PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
+                 [PERI_TYPE_Q6_K] = deq_q6_K},
 };
 
 #else
