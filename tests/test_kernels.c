@@ -172,6 +172,60 @@ static void test_get_row_level(void) {
     }
 }
 
+// peri_matmul_nn (y = x C, C as stored rows) against a float64 sum, per type, with strided rows and shapes that
+// cross the GEMM's tiles (12 or 6 rows), 32- or 16-column panels, 96-row blocks and 1024-long K chunks.
+static void test_matmul_nn_level(void) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
+                                        {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}};
+    const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int type = types[ti];
+        const size_t esz = type == PERI_TYPE_F32 ? 4 : 2;
+        int bad = 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
+            const int64_t K = shapes[si][0], m = shapes[si][1], n = shapes[si][2];
+            const int64_t ldx = K + irand(0, 5), ldy = m + irand(0, 5), cw = m + irand(0, 9);   // C rows: cw values
+            const size_t cs = (size_t)cw * esz;
+            char *c = malloc(cs * (size_t)K);
+            float *cf = malloc(sizeof(float) * (size_t)(K * m)), *x = malloc(sizeof(float) * (size_t)(n * ldx));
+            float *y = malloc(sizeof(float) * (size_t)(n * ldy));
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t j = 0; j < cw; j++) {
+                    float v = frand();
+                    if (type == PERI_TYPE_F32) ((float *)(c + (size_t)k * cs))[j] = v;
+                    else if (type == PERI_TYPE_F16) ((uint16_t *)(c + (size_t)k * cs))[j] = peri_f32_to_f16(v);
+                    else ((uint16_t *)(c + (size_t)k * cs))[j] = peri_f32_to_bf16(v);
+                    if (j < m)
+                        cf[k * m + j] = type == PERI_TYPE_F32 ? v
+                                      : type == PERI_TYPE_F16 ? peri_f16_to_f32(((uint16_t *)(c + (size_t)k * cs))[j])
+                                                              : peri_bf16_to_f32(((uint16_t *)(c + (size_t)k * cs))[j]);
+                }
+            for (int64_t i = 0; i < n * ldx; i++) x[i] = frand();
+            for (int64_t i = 0; i < n * ldy; i++) y[i] = 12345.0f;   // the padding must stay untouched
+            peri_matmul_nn(y, ldy, x, ldx, type, c, cs, K, m, n);
+            for (int64_t i = 0; i < n && !bad; i++)
+                for (int64_t j = 0; j < ldy && !bad; j++) {
+                    double ref = 0, mag = 0;
+                    for (int64_t k = 0; k < K && j < m; k++) {
+                        ref += (double)x[i * ldx + k] * cf[k * m + j];
+                        mag += fabs((double)x[i * ldx + k] * cf[k * m + j]);
+                    }
+                    double got = y[i * ldy + j], tol = j < m ? 1e-6 * (mag + 1e-30) * 4 : 0;
+                    if (j >= m) ref = 12345.0;
+                    if (!(fabs(got - ref) <= tol)) {
+                        fprintf(stderr, "matmul_nn %s %s K=%lld m=%lld n=%lld: y[%lld][%lld] = %.9g, reference %.9g\n", lvl,
+                                peri_type_name(type), (long long)K, (long long)m, (long long)n, (long long)i, (long long)j,
+                                got, ref);
+                        bad = 1;
+                    }
+                }
+            free(c), free(cf), free(x), free(y);
+        }
+        CHECKF(!bad, "matmul_nn %s at level %s", peri_type_name(type), lvl);
+    }
+}
+
 static void test_matmul_level(peri_pool *pool) {
     static const int64_t Ks[] = {1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 100, 129, 300};
     static const int64_t Kblocks[] = {1, 2, 3, 5, 7}; // block types: K is a number of blocks
@@ -575,6 +629,7 @@ int main(int argc, char **argv) {
         test_matmul_level(pool);
         test_rows_level();
         test_get_row_level();
+        test_matmul_nn_level();
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);

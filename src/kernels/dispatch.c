@@ -124,6 +124,16 @@ void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n) {
     else peri_f16_to_f32_row_ref(y, x, n);
 }
 
+void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs, int64_t K,
+                    int64_t m, int64_t n) {
+    if (K <= 0 || m <= 0 || n <= 0) return;
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    if ((type == PERI_TYPE_F32 || type == PERI_TYPE_F16 || type == PERI_TYPE_BF16) && ks->mm_nn[type])
+        ks->mm_nn[type](y, ldy, x, ldx, c, cs, K, m, n);
+    else
+        peri_matmul_nn_ref(y, ldy, x, ldx, type, c, cs, K, m, n);
+}
+
 void peri_get_row(const peri_tensor *W, int64_t r, float *out) {
     peri_to_float_fn f = W->type >= 0 && W->type < PERI_TYPE_COUNT ? peri_kernels_current()->to_float[W->type] : NULL;
     if (!f) {

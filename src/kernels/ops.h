@@ -21,6 +21,14 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
 void peri_matmul_ex_ref(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
                         int64_t row0, int64_t M, const float *bias, int64_t n);
 
+// y[n x m] (rows ldy apart) = x[n x K] (rows ldx apart) . C[K x m], C stored as K rows of `type` (F32, F16 or
+// BF16) cs bytes apart, only their first m values used: the product with the second operand as stored (not
+// transposed), e.g. attention probabilities times cache rows. Runs on the caller (no pool); allocates nothing.
+void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs, int64_t K,
+                    int64_t m, int64_t n);
+void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
+                        int64_t K, int64_t m, int64_t n);
+
 // Row r of a 2-D weight (any supported type) as float32 (K values): SIMD where the level has a dequantizer
 // for the type, else the type's reference (peri_get_row_ref).
 void peri_get_row(const peri_tensor *W, int64_t r, float *out);

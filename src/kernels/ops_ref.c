@@ -91,6 +91,24 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
     }
 }
 
+void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
+                        int64_t K, int64_t m, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float *yi = y + i * ldy;
+        for (int64_t j = 0; j < m; j++) yi[j] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const char *row = (const char *)c + (size_t)k * cs;
+            const float a = x[i * ldx + k];
+            for (int64_t j = 0; j < m; j++) {
+                float v = type == PERI_TYPE_F32 ? ((const float *)row)[j]
+                        : type == PERI_TYPE_F16 ? peri_f16_to_f32(((const uint16_t *)row)[j])
+                                                : peri_bf16_to_f32(((const uint16_t *)row)[j]);
+                yi[j] += a * v;
+            }
+        }
+    }
+}
+
 void peri_get_row_ref(const peri_tensor *W, int64_t r, float *out) {
     int64_t K = W->shape[W->n_dims - 1];
     size_t rs = peri_row_size(W->type, K);

@@ -509,29 +509,27 @@ static void attn_task(void *arg, int ith, int nth) {
             masked_softmax(sc + h * nctx, nk, c->params.attn);
             if (x->probs) memcpy(x->probs + (n * H + h) * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
         }
-        // Weighted sum of values (latent rows or V rows), accumulated key by key.
+        // Weighted sum of values (latent rows or V rows).
         int64_t w = x->full ? vd : R;
         float *out = x->full ? x->att + n * H * vd : x->clat + n * H * R;
+        if (!x->full) {
+            // Latent: the probabilities of heads h0..h1 times the first R values of the cache rows as stored, one
+            // small matmul (masked keys have probability 0).
+            peri_matmul_nn(out + h0 * R, R, sc + h0 * nctx, nctx, x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32,
+                           (const char *)x->cache_a + base * (size_t)x->width_a * x->esz, (size_t)x->width_a * x->esz, nk,
+                           R, h1 - h0);
+            continue;
+        }
+        // Full cache: V rows hold every head's values side by side; accumulated key by key.
         memset(out + h0 * w, 0, sizeof(float) * (size_t)((h1 - h0) * w));
         for (int64_t j = 0; j < nk; j++) {
             if (!valid[j] && c->params.attn != PERI_ATTN_EAGER) continue;
-            const float *vj;
-            if (!x->full) {
-                vj = load_row((const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz, buf, R,
-                              x->cache_f16);
-                for (int64_t h = h0; h < h1; h++) {
-                    float pj = sc[h * nctx + j];
-                    if (pj == 0.0f) continue;
-                    peri_axpy(out + h * R, pj, vj, R);
-                }
-            } else {
-                const char *vr = (const char *)x->cache_b + (base + (size_t)j) * (size_t)x->width_b * x->esz;
-                vj = load_row(vr + (size_t)(h0 * vd) * x->esz, buf, (h1 - h0) * vd, x->cache_f16);
-                for (int64_t h = h0; h < h1; h++) {
-                    float pj = sc[h * nctx + j];
-                    if (pj == 0.0f) continue;
-                    peri_axpy(out + h * vd, pj, vj + (h - h0) * vd, vd);
-                }
+            const char *vr = (const char *)x->cache_b + (base + (size_t)j) * (size_t)x->width_b * x->esz;
+            const float *vj = load_row(vr + (size_t)(h0 * vd) * x->esz, buf, (h1 - h0) * vd, x->cache_f16);
+            for (int64_t h = h0; h < h1; h++) {
+                float pj = sc[h * nctx + j];
+                if (pj == 0.0f) continue;
+                peri_axpy(out + h * vd, pj, vj + (h - h0) * vd, vd);
             }
         }
     }
