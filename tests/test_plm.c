@@ -395,6 +395,16 @@ static void check_long_prompt(void) {
                     } else d = INFINITY;
                 }
                 CHECKF(d <= 1e-5, "long prompt (%s cache): one call vs two differ by %g", full ? "full" : "latent", d);
+                // One token per call after a 100-token prompt: decode attends with the keys split over the threads
+                // (latent cache, 64 keys and more); each step must give the one-call row.
+                peri_seq_clear(c, 0);
+                double ds = decode1(c, ids, 100, false) == 0 ? 0 : INFINITY;
+                for (int i = 100; i < 140 && ds < INFINITY; i++) {
+                    if (decode1(c, ids + i, 1, false) != 0) { ds = INFINITY; break; }
+                    double di = test_max_abs_diff(one + (size_t)i * V, peri_get_logits(c), (size_t)V);
+                    ds = di > ds ? di : ds;
+                }
+                CHECKF(ds <= 1e-4, "decode steps (%s cache) vs one call: %g", full ? "full" : "latent", ds);
             }
             peri_context_free(c);
         }

@@ -54,6 +54,7 @@ struct plm_ctx {
     // W_kb,h^T of the head being worked on, float32 [R x nope] per thread, for the absorbed query (latent cache)
     float *wkbt;
     float *scores;               // [nth][H * n_ctx]
+    float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
     float *rowbuf;               // [nth][rowbuf_n]
     int64_t rowbuf_n;
     // tensor_cb scratch (only when a callback is set)
@@ -309,7 +310,7 @@ static void plm_ctx_free(peri_context *c) {
     if (!x) return;
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv); free(x->qlat); free(x->clat);
-    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->probs); free(x->emit);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -378,12 +379,13 @@ static int plm_ctx_init(peri_context *c) {
     x->rowbuf_n = x->width_a > x->width_b ? x->width_a : x->width_b;
     x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
     if (!x->full) x->wkbt = alloc_n((int64_t)x->nth * R * p->nope, 4);
+    if (!x->full) x->part = alloc_n((int64_t)x->nth * H * R, 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && (x->full || x->wkbt) && x->row_seq && x->row_slot && x->row_pos;
+              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part)) && x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
         int64_t np = N * H * nctx;
@@ -531,6 +533,63 @@ static void attn_task(void *arg, int ith, int nth) {
                 if (pj == 0.0f) continue;
                 peri_axpy(out + h * vd, pj, vj + (h - h0) * vd, vd);
             }
+        }
+    }
+}
+
+// One-row decode on the latent cache, split over the keys instead of the heads: each thread scores all heads on
+// its share of the keys (so the cache rows are converted once, not once per thread), then the softmax runs per
+// head, then each thread mixes its keys' rows for all heads into a partial sum, and the partials are added.
+// Phases are separate pool runs; the scores of all heads live in thread 0's scores region.
+struct kattn_job {
+    peri_context *c;
+    int64_t layer;
+    int phase;   // 0 scores, 1 softmax, 2 partial mixes, 3 sum of the partials
+};
+
+static void kattn_task(void *arg, int ith, int nth) {
+    const struct kattn_job *J = arg;
+    peri_context *c = J->c;
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, rope = p->rope, nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
+    const int64_t s = x->row_seq[0], nk = x->row_slot[0] + 1;
+    const uint8_t *valid = x->valid + s * nctx;
+    const char *rows = (const char *)x->cache_a + (size_t)((J->layer * nseq + s) * nctx) * (size_t)x->width_a * x->esz;
+    const size_t rs = (size_t)x->width_a * x->esz;
+    const int type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32;
+    float *sc = x->scores;
+    long lo, hi;
+    if (J->phase == 0 || J->phase == 2) {
+        peri_split((long)((nk + 15) / 16), ith, nth, &lo, &hi);   // keys in units of 16
+        lo *= 16, hi *= 16;
+        if (hi > nk) hi = nk;
+        if (lo >= hi) {
+            if (J->phase == 2) memset(x->part + (int64_t)ith * H * R, 0, sizeof(float) * (size_t)(H * R));
+            return;
+        }
+    }
+    if (J->phase == 0) {
+        const float scale = 1.0f / sqrtf((float)p->dk);
+        peri_tensor kt = {.name = "latent cache rows", .type = type, .n_dims = 2, .shape = {nk, R + rope},
+                          .data = rows, .nbytes = (size_t)nk * rs};
+        peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = lo; j < hi; j++) sc[h * nctx + j] = valid[j] ? sc[h * nctx + j] * scale : -INFINITY;
+    } else if (J->phase == 1) {
+        peri_split((long)H, ith, nth, &lo, &hi);
+        for (int64_t h = lo; h < hi; h++) {
+            masked_softmax(sc + h * nctx, nk, c->params.attn);
+            if (x->probs) memcpy(x->probs + h * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
+        }
+    } else if (J->phase == 2) {
+        peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, type, rows + (size_t)lo * rs, rs, hi - lo, R, H);
+    } else {
+        peri_split((long)H, ith, nth, &lo, &hi);
+        for (int64_t h = lo; h < hi; h++) {
+            float *out = x->clat + h * R;
+            memcpy(out, x->part + h * R, sizeof(float) * (size_t)R);
+            for (int t = 1; t < nth; t++) peri_axpy(out, 1.0f, x->part + ((int64_t)t * H + h) * R, R);
         }
     }
 }
@@ -683,8 +742,15 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 }
             }
         }
-        struct attn_job job = {c, l, N};
-        peri_pool_run(c->pool, attn_task, &job);
+        if (!x->full && N == 1 && x->width_a == R + rope && x->row_slot[0] >= 64) {
+            for (int ph = 0; ph < 4; ph++) {
+                struct kattn_job kj = {c, l, ph};
+                peri_pool_run(c->pool, kattn_task, &kj);
+            }
+        } else {
+            struct attn_job job = {c, l, N};
+            peri_pool_run(c->pool, attn_task, &job);
+        }
         if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
             struct heads_job hj = {c, L, N, 1};
             peri_pool_run(c->pool, heads_task, &hj);

@@ -191,29 +191,6 @@ PERI_INLINE void transpose8(__m256 r[8]) {
 #define GP_LOADW_N(wt, row, k, n) ((n) == 8 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
 #include "kernels/arch/x86/gemm_f32.inc"
 
-// From this many x rows on, the outer-product GEMM beats streaming the weights through dot-product tiles.
-#define GP_MIN_N 8
-
-#define NN(name, wt)                                                                                           \
-    static void name(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,      \
-                     int64_t m, int64_t n) {                                                                       \
-        gp_nn(wt, y, ldy, x, ldx, (const char *)c, cs, K, m, n);                                                   \
-    }
-NN(nn_f32, PERI_TYPE_F32)
-NN(nn_f16, PERI_TYPE_F16)
-NN(nn_bf16, PERI_TYPE_BF16)
-#undef NN
-
-static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                   int64_t n, const float *bias) {
-    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_F32, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
-    else mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
-}
-static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                   int64_t n, const float *bias) {
-    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_F16, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
-    else mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
-}
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
     mm_body(PERI_TYPE_Q8_0, y, ldy, x, xs, w, ws, K, m, n, bias);
@@ -221,11 +198,6 @@ static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void 
 static void mm_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
     mm_body(PERI_TYPE_Q4_0, y, ldy, x, xs, w, ws, K, m, n, bias);
-}
-static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    if (n >= GP_MIN_N) gp_gemm(PERI_TYPE_BF16, y, ldy, x, (int64_t)(xs / sizeof(float)), w, ws, K, m, n, bias);
-    else mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 
 // ---- row helpers ------------------------------------------------------------------------------------------
@@ -421,7 +393,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .swiglu = swiglu,
     .sum8 = sum8,
     .f16_row = f16_row,
-    .mm_nn = {[PERI_TYPE_F32] = nn_f32, [PERI_TYPE_F16] = nn_f16, [PERI_TYPE_BF16] = nn_bf16},
+    .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
 };
 
 #else
