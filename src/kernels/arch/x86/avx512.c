@@ -55,12 +55,18 @@ PERI_INLINE __m512 ld_w_mask(int wt, const char *w, int64_t k, __mmask16 m) {
 // Over k in [k0, k1): accumulators start at zero (first) or from sc[r*C + c], and end reduced into y
 // (when k1 == K) or back in sc, so that long rows can be cut into chunks whose weights stay in L1.
 PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
-                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first) {
+                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first,
+                      const char *pf) {
     __m512 acc[TR][GEMV_ROWS];
     PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
         acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps((const float *)&sc[r * C + c]);
     int64_t k = k0;
     for (; k + 16 <= k1; k += 16) {
+        // Decode of float weights: the next group of rows, one cache line per row whenever k reaches one (the
+        // hardware prefetchers alone leave bandwidth unused).
+        if (pf && ((size_t)k * (wt == PERI_TYPE_F32 ? 4 : 2)) % 64 == 0)
+            PERI_UNROLL for (int c = 0; c < C; c++)
+                _mm_prefetch(pf + (size_t)c * ws + (size_t)k * (wt == PERI_TYPE_F32 ? 4 : 2), _MM_HINT_T1);
         __m512 xv[TR];
         PERI_UNROLL for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + r * ldx + k);
         PERI_UNROLL for (int c = 0; c < C; c++) {
@@ -97,12 +103,14 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
     const char *w = wv;
     int64_t ldx = (int64_t)(xstride / sizeof(float));
 #define B(j) (bias ? bias + (j) : NULL)
+    const int pf_ok = wt == PERI_TYPE_F32 || wt == PERI_TYPE_F16 || wt == PERI_TYPE_BF16;
     if (n == 1) {
         int64_t j = 0;
         for (; j + GEMV_ROWS <= m; j += GEMV_ROWS)
-            tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
-        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
-        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1);
+            tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1,
+                 pf_ok && j + 2 * GEMV_ROWS <= m ? w + (j + GEMV_ROWS) * ws : NULL);
+        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1, NULL);
+        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1, NULL);
         return;
     }
     // Prefill: for a block of x rows (kept in L2) and a tile of TC weight rows, walk K in chunks of KC so
@@ -118,24 +126,24 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
                 if (full) {
                     for (; i + TR <= i1; i += TR)
                         tile(wt, TR, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0) * TC, k0 == 0);
+                             sc + (i - i0) * TC, k0 == 0, NULL);
                     // Leftover x rows in one tile, so each weight vector still serves all of them.
                     if (i1 - i == 3)
                         tile(wt, 3, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0) * TC, k0 == 0);
+                             sc + (i - i0) * TC, k0 == 0, NULL);
                     else if (i1 - i == 2)
                         tile(wt, 2, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0) * TC, k0 == 0);
+                             sc + (i - i0) * TC, k0 == 0, NULL);
                     else if (i1 - i == 1)
                         tile(wt, 1, TC, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0) * TC, k0 == 0);
+                             sc + (i - i0) * TC, k0 == 0, NULL);
                 } else {
                     for (; i + TR <= i1; i += TR)
                         tile(wt, TR, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0), k0 == 0);
+                             sc + (i - i0), k0 == 0, NULL);
                     for (; i < i1; i++)
                         tile(wt, 1, 1, y + i * ldy + j, ldy, x + i * ldx, ldx, w + j * ws, ws, k0, k1, K, B(j),
-                             sc + (i - i0), k0 == 0);
+                             sc + (i - i0), k0 == 0, NULL);
                 }
             }
             j += full ? TC : 1;
