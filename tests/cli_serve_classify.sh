@@ -6,57 +6,14 @@
 # language model answers 400 on /v1/classify, a classifier 400 on the completion endpoints; malformed inputs
 # give 400 and the server keeps serving.
 set -u
-P=${PERI_BIN:?}
 R=$(cd "$(dirname "$0")/.." && pwd)
 S=${PERI_SHARED_DIR:-}
 tok="$S/tokenizers/pldr/tokenizer.model"
 [ -n "$S" ] && [ -f "$tok" ] || { echo "skip: no $tok"; exit 77; }
 command -v curl >/dev/null && command -v python3 >/dev/null || exit 77
-T=$(mktemp -d)
-SRV_PID=
-cleanup() { [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
-fail=0
-ok() { echo "ok: $*"; }
-bad() { echo "FAIL: $*"; fail=1; }
-
-start_server() {
-    : > "$T/srv.log"
-    "$P" serve --host 127.0.0.1 --port 0 -t 2 -np 2 --ctx 64 -q "$@" > "$T/srv.log" 2>&1 &
-    SRV_PID=$!
-    PORT=
-    for _ in $(seq 100); do
-        PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$T/srv.log" | grep -o '[0-9]*$')
-        [ -n "$PORT" ] && break
-        kill -0 "$SRV_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -z "$PORT" ]; then cat "$T/srv.log"; bad "server did not start: $*"; exit 1; fi
-    URL=http://127.0.0.1:$PORT
-}
-stop_server() {
-    kill -TERM "$SRV_PID"
-    for _ in $(seq 50); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$SRV_PID" 2>/dev/null; then bad "server did not stop on SIGTERM"; kill -9 "$SRV_PID"; fi
-    wait "$SRV_PID" || { bad "server exited with an error"; tail -20 "$T/srv.log"; }
-    SRV_PID=
-}
-# req METHOD PATH [BODY]: prints the body, then the status on the last line.
-req() {
-    if [ -n "${3-}" ]; then curl -s -m 60 -X "$1" -H 'Content-Type: application/json' -d "$3" -w '\n%{http_code}' "$URL$2"
-    else curl -s -m 60 -X "$1" -w '\n%{http_code}' "$URL$2"; fi
-}
-expect() {
-    local want=$1 what=$2 out status
-    out=$(cat); status=$(printf '%s' "$out" | tail -n1)
-    if [ "$status" != "$want" ]; then bad "$what: status $status, expected $want: $(printf '%s' "$out" | head -c 300)"; return; fi
-    if [ "$want" -ge 400 ]; then
-        printf '%s' "$out" | sed '$d' | python3 -c 'import json,sys; e=json.load(sys.stdin)["error"]; assert e["message"] and e["type"] == "invalid_request_error" or e["code"] >= 500' 2>/dev/null \
-            || { bad "$what: no OpenAI error object: $(printf '%s' "$out" | head -c 300)"; return; }
-    fi
-    ok "$what ($status)"
-}
-body() { sed '$d'; }
+SERVE_DEFAULTS=(--host 127.0.0.1 --port 0 -t 2 -np 2 --ctx 64 -q)
+ERROR_CHECK='e["message"] and e["type"] == "invalid_request_error" or e["code"] >= 500'
+. "$(dirname "$0")/serve_lib.sh"
 
 # A larger initializer_range than HF's 0.02 keeps the random head's probabilities apart from uniform, so that
 # a wrong row or a wrong order of results shows.
