@@ -173,11 +173,11 @@ static void test_get_row_level(void) {
 }
 
 // peri_matmul_nn (y = x C, C as stored rows) against a float64 sum, per type, with strided rows and shapes that
-// cross the GEMM's tiles (12 or 6 rows), 32- or 16-column panels, 96-row blocks and 1024-long K chunks.
+// cross the GEMM's tiles (12 or 6 rows), 32- or 16-column panels, 288- or 48-row blocks and 512-long K chunks.
 static void test_matmul_nn_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
-                                        {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}};
+                                        {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300}};
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int type = types[ti];
@@ -257,7 +257,7 @@ static void test_matmul_level(peri_pool *pool) {
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
         // The float prefill GEMM (gemm_f32.inc): both drivers (weight panels for many x rows on a small weight,
         // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
-        // chunks of up to 1024. {M, K, n}
+        // chunks of up to 512 (AVX-512 x blocks of 288 rows). {M, K, n}
         static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
                                         {170, 64, 90}, {64, 170, 90}};
         for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)
