@@ -446,13 +446,7 @@ static int masked_softmax(float *s, int64_t n, int attn) {
         for (int64_t j = 0; j < n; j++) s[j] = u;
         return attn == PERI_ATTN_EAGER;
     }
-    float sum = 0;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
-        sum += s[j];
-    }
-    float inv = 1.0f / sum;
-    for (int64_t j = 0; j < n; j++) s[j] *= inv;
+    peri_softmax(s, n);   // SIMD; masked keys (-inf) come out as exactly 0
     return 1;
 }
 
@@ -574,8 +568,12 @@ static void kattn_task(void *arg, int ith, int nth) {
         peri_tensor kt = {.name = "latent cache rows", .type = type, .n_dims = 2, .shape = {nk, R + rope},
                           .data = rows, .nbytes = (size_t)nk * rs};
         peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t j = lo; j < hi; j++) sc[h * nctx + j] = valid[j] ? sc[h * nctx + j] * scale : -INFINITY;
+        for (int64_t h = 0; h < H; h++) {
+            float *row = sc + h * nctx;
+            for (int64_t j = lo; j < hi; j++) row[j] *= scale;
+            for (int64_t j = lo; j < hi; j++)
+                if (!valid[j]) row[j] = -INFINITY;
+        }
     } else if (J->phase == 1) {
         peri_split((long)H, ith, nth, &lo, &hi);
         for (int64_t h = lo; h < hi; h++) {
