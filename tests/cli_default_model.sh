@@ -8,10 +8,7 @@ set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 model="$root/models/peri-pldr-small"
 [ -f "$model/model.safetensors" ] || { echo "cli_default_model: $model not found; skipping"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAILED: $*"; fi; }
+. "$(dirname "$0")/check_lib.sh"
 
 # 1. no -m: the default model, greedy, 16 tokens
 unset PERI_DEFAULT_MODEL
@@ -49,5 +46,4 @@ else
     echo "no PERI_SHARED_DIR: perplexity check skipped"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

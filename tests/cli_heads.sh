@@ -10,19 +10,9 @@ tok="$shared/tokenizers/pldr/tokenizer.model"
 [ -f "$tok" ] || { echo "cli_heads: $tok not found; skipping"; exit 77; }
 py=/usr/bin/python3
 "$py" -c 'import json, struct' 2>/dev/null || { echo "cli_heads: no /usr/bin/python3; skipping"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAILED: $*"; fi; }
+. "$(dirname "$0")/check_lib.sh"
 
-base='"model_type":"pldrllm","vocab_size":32000,"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,"head_dim":16,"intermediate_size":48,"A_dff":8,"num_reslayerA":1,"max_position_embeddings":64,"pad_token_id":0'
-echo "{\"architectures\":[\"PldrllmForSequenceClassification\"],$base,\"id2label\":{\"0\":\"negative\",\"1\":\"neutral\",\"2\":\"positive\"}}" > "$tmp/seq.json"
-echo "{\"architectures\":[\"PldrllmForTokenClassification\"],$base,\"id2label\":{\"0\":\"O\",\"1\":\"B-PER\",\"2\":\"I-PER\"}}" > "$tmp/tok.json"
-echo "{\"architectures\":[\"PldrllmForQuestionAnswering\"],$base}" > "$tmp/qa.json"
-for k in seq tok qa; do
-    "$PERI_BIN" init --config "$tmp/$k.json" --seed 5 --out "$tmp/$k" 2>/dev/null && cp "$tok" "$tmp/$k/"
-    ok test -f "$tmp/$k/model.safetensors"
-done
+make_head_models "$tok"
 
 text="The film was wonderful."
 "$PERI_BIN" classify -m "$tmp/seq" -p "$text" --json > "$tmp/cls.json"
@@ -66,5 +56,4 @@ ok grep -q "sequence classifier" "$tmp/err.txt"
 ok test "$rc" = 1
 ok grep -q "task head" "$tmp/err.txt"
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

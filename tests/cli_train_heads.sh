@@ -7,19 +7,9 @@ set -u
 shared="${PERI_SHARED_DIR:-}"
 tok="$shared/tokenizers/pldr/tokenizer.model"
 [ -f "$tok" ] || { echo "cli_train_heads: $tok not found; skipping"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAILED: $*"; fi; }
+. "$(dirname "$0")/check_lib.sh"
 
-base='"model_type":"pldrllm","vocab_size":32000,"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,"head_dim":16,"intermediate_size":48,"A_dff":8,"num_reslayerA":1,"max_position_embeddings":64,"pad_token_id":0'
-echo "{\"architectures\":[\"PldrllmForSequenceClassification\"],$base,\"id2label\":{\"0\":\"negative\",\"1\":\"neutral\",\"2\":\"positive\"}}" > "$tmp/seq.json"
-echo "{\"architectures\":[\"PldrllmForTokenClassification\"],$base,\"id2label\":{\"0\":\"O\",\"1\":\"B-PER\",\"2\":\"I-PER\"}}" > "$tmp/tok.json"
-echo "{\"architectures\":[\"PldrllmForQuestionAnswering\"],$base}" > "$tmp/qa.json"
-for k in seq tok qa; do
-    "$PERI_BIN" init --config "$tmp/$k.json" --seed 5 --out "$tmp/$k" 2>/dev/null && cp "$tok" "$tmp/$k/"
-    ok test -f "$tmp/$k/model.safetensors"
-done
+make_head_models "$tok"
 
 # sequence classification: three labels, four texts each (the last one held out for validation)
 : > "$tmp/seq.jsonl"
@@ -62,5 +52,4 @@ echo '{"text": "x", "label": 7}' > "$tmp/bad.jsonl"
 "$PERI_BIN" train -m "$tmp/seq" --data "$tmp/bad.jsonl" --out "$tmp/bad" --steps 1 -t 1 2> "$tmp/bad.log"
 ok grep -q "label" "$tmp/bad.log"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
