@@ -29,6 +29,10 @@ void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
                         int64_t K, int64_t m, int64_t n);
 
+// dst[c * rows + r] = src[r * ld_src + c] for r < rows, c < cols: a float32 matrix transposed (cache-blocked), for
+// feeding peri_matmul an operand in the layout it wants.
+void peri_transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src);
+
 // Row r of a 2-D weight (any supported type) as float32 (K values): SIMD where the level has a dequantizer
 // for the type, else the type's reference (peri_get_row_ref).
 void peri_get_row(const peri_tensor *W, int64_t r, float *out);

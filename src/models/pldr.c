@@ -339,7 +339,7 @@ typedef struct {
     // per-thread attention scratch: scores [n_ctx] + qG [d]
     float *att;
     int att_stride;
-    // per-thread learner scratch: a head's q columns transposed ([d][n_batch]) or a d x d matrix transposed
+    // per-thread scratch for A_raw: a head's q columns, transposed ([d][n_batch])
     float *tq;
     size_t tq_stride;
     float *logit_x;                                // [n_seq_max][D] rows for the LM head
@@ -395,8 +395,7 @@ static int pldr_ctx_init(peri_context *c) {
     CTX_ALLOC(x->att, (size_t)peri_pool_size(c->pool) * x->att_stride);
     CTX_ALLOC(x->logit_x, S * D);
     if (p->custom_g == G_LEARNED) {
-        size_t cols = (size_t)c->params.n_batch > (size_t)p->d ? (size_t)c->params.n_batch : (size_t)p->d;
-        x->tq_stride = (size_t)p->d * cols;
+        x->tq_stride = (size_t)p->d * (size_t)c->params.n_batch;
         CTX_ALLOC(x->tq, (size_t)peri_pool_size(c->pool) * x->tq_stride);
     }
     if (p->custom_g != G_LEARNED)
@@ -424,7 +423,6 @@ static void emit(const peri_context *c, const char *name, int32_t seq, const flo
     c->params.tensor_cb(name, seq, data, nd, shape, c->params.tensor_cb_data);
 }
 
-// GLU over n rows: out = W3 (silu(W1 x + b1) * (W2 x + b2)) + b3.
 struct swiglu_job {
     float *y;
     const float *a, *b;
@@ -439,6 +437,7 @@ static void swiglu_task(void *arg, int ith, int nth) {
     if (e0 < e1) peri_swiglu(j->y + e0, j->a + e0, j->b + e0, e1 - e0);
 }
 
+// GLU over n rows: out = W3 (silu(W1 x + b1) * (W2 x + b2)) + b3.
 static void glu_forward(peri_pool *pool, const pldr_glu *g, float *out, const float *in, float *t1, float *t2,
                         int64_t n, int64_t hidden) {
     peri_matmul(pool, t1, in, g->w1, g->b1, n);
@@ -447,25 +446,6 @@ static void glu_forward(peri_pool *pool, const pldr_glu *g, float *out, const fl
     if (n * hidden >= 32768) peri_pool_run(pool, swiglu_task, &sj);   // else not worth waking the threads
     else swiglu_task(&sj, 0, 1);
     peri_matmul(pool, out, t1, g->w3, g->b3, n);
-}
-
-// A float32 d x K matrix in memory as a weight, for peri_matmul (y = x M^T).
-static peri_tensor f32_view(const float *data, int64_t rows, int64_t cols) {
-    peri_tensor t = {.name = "scratch", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {rows, cols}, .data = data,
-                     .nbytes = sizeof(float) * (size_t)(rows * cols)};
-    return t;
-}
-
-static void transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src) {
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) dst[j * rows + i] = src[i * ld_src + j];
-}
-
-// C = A B for d x d matrices (row-major) through the matmul kernel, single-threaded; tmp holds d x d floats.
-static void gemm_dd(float *C, const float *A, const float *B, int d, float *tmp) {
-    transpose(tmp, B, d, d, d);
-    peri_tensor bt = f32_view(tmp, d, d);
-    peri_matmul(NULL, C, A, &bt, NULL, d);
 }
 
 // The learner's row work (LayerNorms and residual adds over rows of d), split over the threads.
@@ -505,7 +485,6 @@ static void plga_task(void *arg, int ith, int nth) {
     const pldr_layer *ly = &p->layers[J->l];
     const int H = p->H, d = p->d;
     const size_t hdd = (size_t)H * d * d, gsz = (size_t)p->L * hdd;
-    float *tmp = x->tq + (size_t)ith * x->tq_stride;
     long lo, hi;
     peri_split((long)J->ns * H, ith, nth, &lo, &hi);
     for (long item = lo; item < hi; item++) {
@@ -513,13 +492,13 @@ static void plga_task(void *arg, int ith, int nth) {
         const size_t off = (size_t)J->seqs[s] * gsz + (size_t)J->l * hdd, ho = (size_t)h * d * d;
         float *A = x->g_A + off + ho, *ALM = x->g_A_LM + off + ho, *AP = x->g_A_P + off + ho, *G = x->g_G + off + ho;
         memcpy(A, x->lA + (size_t)s * hdd + ho, sizeof(float) * (size_t)d * d);
-        gemm_dd(ALM, ly->W + ho, A, d, tmp);
+        peri_matmul_nn(ALM, d, ly->W + ho, d, PERI_TYPE_F32, A, sizeof(float) * (size_t)d, d, d, d);   // W @ A
         for (int i = 0; i < d * d; i++) {
             float z = ALM[i] + ly->b[ho + i];
             ALM[i] = z * peri_silu(z) + 1e-9f;
             AP[i] = powf(ALM[i], ly->pw[ho + i]);
         }
-        gemm_dd(G, ly->a + ho, AP, d, tmp);
+        peri_matmul_nn(G, d, ly->a + ho, d, PERI_TYPE_F32, AP, sizeof(float) * (size_t)d, d, d, d);   // a @ A_P
         for (int i = 0; i < d * d; i++) G[i] += ly->ba[ho + i];
     }
 }
@@ -569,8 +548,9 @@ static void araw_task(void *arg, int ith, int nth) {
     peri_split((long)J->n_rows * H, ith, nth, &lo, &hi);
     for (long item = lo; item < hi; item++) {
         const int r = J->rows[item / H], h = (int)(item % H);
-        transpose(qt, x->q + (size_t)r * S * D + (size_t)h * d, S, d, D);
-        peri_tensor qv = f32_view(qt, d, S);
+        peri_transpose(qt, x->q + (size_t)r * S * D + (size_t)h * d, S, d, D);
+        peri_tensor qv = {.name = "q columns", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {d, S}, .data = qt,
+                          .nbytes = sizeof(float) * (size_t)d * (size_t)S};
         float *raw = x->g_A_raw + (size_t)J->seq[r] * gsz + (size_t)J->l * hdd + (size_t)h * d * d;
         peri_matmul(NULL, raw, qt, &qv, NULL, d);
     }
@@ -654,13 +634,14 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
     const int64_t N = (int64_t)n_seq * S;
     const size_t T_max = (size_t)c->params.n_ctx, hdd = (size_t)H * d * d, gsz = (size_t)p->L * hdd;
     int32_t seq[4096];
-    int prefill[4096], n_prefill = 0;
+    int prefill[4096], prefill_row[4096], n_prefill = 0;   // sequences that prefill in this call, and their rows
     for (int r = 0; r < n_seq; r++) {
         seq[r] = b->seq_ids ? b->seq_ids[r] : r;
         if (p->custom_g == G_LEARNED && !x->g_ready[seq[r]]) {
             if (c->seq_len[seq[r]] != 0)
                 return peri_fail(PERI_E_ARG, "sequence %d has cached tokens but no G; clear it and prefill the "
                                  "whole prompt in one call", seq[r]);
+            prefill_row[n_prefill] = r;
             prefill[n_prefill++] = seq[r];
         }
     }
@@ -712,13 +693,7 @@ static int pldr_decode(peri_context *c, const struct peri_batch *b) {
         }
         // G for prefilling sequences: A_raw = sum over all S positions (padding included) of q q^T per head
         if (n_prefill) {
-            int rows[4096], n_rows = 0;
-            for (int r = 0; r < n_seq; r++) {
-                int is_pre = 0;
-                for (int k = 0; k < n_prefill; k++) is_pre |= prefill[k] == seq[r];
-                if (is_pre) rows[n_rows++] = r;
-            }
-            struct araw_job aj = {c, l, S, n_rows, rows, seq};
+            struct araw_job aj = {c, l, S, n_prefill, prefill_row, seq};
             peri_pool_run(c->pool, araw_task, &aj);
             learn_G(c, l, prefill, n_prefill);
             // cache_first_G: the cache holds the first row's G for every sequence of this batch

@@ -238,16 +238,6 @@ static void lin_bwd_task(void *arg, int ith, int nth) {
     }
 }
 
-static void transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
-    // blocked so that both sides are read and written in cache-sized tiles
-    for (int64_t r0 = 0; r0 < rows; r0 += 32)
-        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < cols ? c0 + 32 : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-        }
-}
-
 // Both products as the forward's register-tiled peri_matmul on transposed copies: dx += dy . W is
 // matmul(dy, W^T as a [K x M] weight), dW += dy^T . x is matmul(dy^T, x^T as a [K x n] weight). The copies
 // cost O(n M + M K + n K) against the O(n M K) products. Returns false (nothing done) if memory is short.
@@ -259,15 +249,15 @@ static bool lin_bwd_matmul(peri_pool *pool, float *dx, float *dW, const float *d
     float *out = malloc(sizeof(float) * big);
     if (!t1 || !t2 || !out) { free(t1); free(t2); free(out); return false; }
     if (dx) {
-        transpose(t1, W, M, K);   // [K x M]
+        peri_transpose(t1, W, M, K, K);    // [K x M]
         peri_tensor wt = {.name = "train.dx", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {K, M}, .data = t1,
                           .nbytes = sizeof(float) * (size_t)(M * K)};
         peri_matmul(pool, out, dy, &wt, NULL, n);
         for (int64_t i = 0; i < n * K; i++) dx[i] += out[i];
     }
     if (dW) {
-        transpose(t1, dy, n, M);  // [M x n]
-        transpose(t2, x, n, K);   // [K x n]
+        peri_transpose(t1, dy, n, M, M);   // [M x n]
+        peri_transpose(t2, x, n, K, K);    // [K x n]
         peri_tensor xt = {.name = "train.dW", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {K, n}, .data = t2,
                           .nbytes = sizeof(float) * (size_t)(n * K)};
         peri_matmul(pool, out, t1, &xt, NULL, M);
