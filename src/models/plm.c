@@ -450,6 +450,24 @@ static int masked_softmax(float *s, int64_t n, int attn) {
     return 1;
 }
 
+// The latent cache rows 0..nk-1 of sequence s in layer l, as stored (F16 or F32), as a [nk x (R + rope)] weight.
+static peri_tensor latent_rows(const peri_context *c, int64_t l, int64_t s, int64_t nk) {
+    const struct plm_ctx *x = c->arch;
+    const int64_t nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
+    peri_tensor t = {.name = "latent cache rows", .type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32, .n_dims = 2,
+                     .shape = {nk, x->width_a},
+                     .data = (const char *)x->cache_a + (size_t)((l * nseq + s) * nctx) * (size_t)x->width_a * x->esz,
+                     .nbytes = (size_t)nk * (size_t)x->width_a * x->esz};
+    return t;
+}
+
+// Scores [lo, hi) of one head: scaled, masked keys -inf.
+static void scale_mask(float *row, const uint8_t *valid, int64_t lo, int64_t hi, float scale) {
+    for (int64_t j = lo; j < hi; j++) row[j] *= scale;
+    for (int64_t j = lo; j < hi; j++)
+        if (!valid[j]) row[j] = -INFINITY;
+}
+
 // One thread's share of (row, head) units: scores against the cache, softmax, weighted sum.
 // Latent cache: keys are c_j (scored by the absorbed query) and the shared k_rope_j; the output is the
 // latent mix Σ p_j c_j per head (expanded by W_vb afterwards). Full cache: plain MHA on K/V rows.
@@ -473,29 +491,19 @@ static void attn_task(void *arg, int ith, int nth) {
         const uint8_t *valid = x->valid + s * nctx;
         const size_t base = (size_t)((J->layer * nseq + s) * nctx);
         const float *qn = x->q + n * H * dk;
-        if (!x->full && x->width_a == R + rope) {
+        const peri_tensor kt = latent_rows(c, J->layer, s, nk);   // latent cache only
+        if (!x->full) {
             // The absorbed queries of heads h0..h1 against all nk cached rows at once: one small matmul on the
             // cache rows as they are stored (F16 or F32), instead of a row conversion and a dot per key and head.
-            peri_tensor kt = {.name = "latent cache rows", .type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32,
-                              .n_dims = 2, .shape = {nk, R + rope},
-                              .data = (char *)x->cache_a + base * (size_t)x->width_a * x->esz,
-                              .nbytes = (size_t)nk * (size_t)x->width_a * x->esz};
             peri_matmul_ex(NULL, sc + h0 * nctx, nctx, x->qlat + (n * H + h0) * (R + rope), R + rope, &kt, 0, nk, NULL,
                            h1 - h0);
-            for (int64_t h = h0; h < h1; h++)
-                for (int64_t j = 0; j < nk; j++) sc[h * nctx + j] = valid[j] ? sc[h * nctx + j] * scale : -INFINITY;
-        }
-        for (int64_t j = 0; j < nk && !(!x->full && x->width_a == R + rope); j++) {
-            if (!valid[j]) {
-                for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = -INFINITY;
-                continue;
-            }
-            if (!x->full) {
-                const float *cj = load_row((const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz,
-                                           buf, x->width_a, x->cache_f16);
-                for (int64_t h = h0; h < h1; h++)
-                    sc[h * nctx + j] = peri_dot(x->qlat + (n * H + h) * (R + rope), cj, R + rope) * scale;
-            } else {
+            for (int64_t h = h0; h < h1; h++) scale_mask(sc + h * nctx, valid, 0, nk, scale);
+        } else {
+            for (int64_t j = 0; j < nk; j++) {
+                if (!valid[j]) {
+                    for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = -INFINITY;
+                    continue;
+                }
                 const char *kr = (const char *)x->cache_a + (base + (size_t)j) * (size_t)x->width_a * x->esz;
                 const float *kj = load_row(kr + (size_t)(h0 * dk) * x->esz, buf, (h1 - h0) * dk, x->cache_f16);
                 for (int64_t h = h0; h < h1; h++) sc[h * nctx + j] = peri_dot(qn + h * dk, kj + (h - h0) * dk, dk) * scale;
@@ -511,9 +519,8 @@ static void attn_task(void *arg, int ith, int nth) {
         if (!x->full) {
             // Latent: the probabilities of heads h0..h1 times the first R values of the cache rows as stored, one
             // small matmul (masked keys have probability 0).
-            peri_matmul_nn(out + h0 * R, R, sc + h0 * nctx, nctx, x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32,
-                           (const char *)x->cache_a + base * (size_t)x->width_a * x->esz, (size_t)x->width_a * x->esz, nk,
-                           R, h1 - h0);
+            peri_matmul_nn(out + h0 * R, R, sc + h0 * nctx, nctx, kt.type, kt.data, (size_t)x->width_a * x->esz, nk, R,
+                           h1 - h0);
             continue;
         }
         // Full cache: V rows hold every head's values side by side; accumulated key by key.
@@ -546,12 +553,11 @@ static void kattn_task(void *arg, int ith, int nth) {
     peri_context *c = J->c;
     struct plm_ctx *x = c->arch;
     const struct plm_model *p = c->model->arch;
-    const int64_t H = p->n_head, R = p->rank, rope = p->rope, nctx = c->params.n_ctx, nseq = c->params.n_seq_max;
+    const int64_t H = p->n_head, R = p->rank, rope = p->rope, nctx = c->params.n_ctx;
     const int64_t s = x->row_seq[0], nk = x->row_slot[0] + 1;
     const uint8_t *valid = x->valid + s * nctx;
-    const char *rows = (const char *)x->cache_a + (size_t)((J->layer * nseq + s) * nctx) * (size_t)x->width_a * x->esz;
+    const peri_tensor kt = latent_rows(c, J->layer, s, nk);
     const size_t rs = (size_t)x->width_a * x->esz;
-    const int type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32;
     float *sc = x->scores;
     long lo, hi;
     if (J->phase == 0 || J->phase == 2) {
@@ -565,15 +571,8 @@ static void kattn_task(void *arg, int ith, int nth) {
     }
     if (J->phase == 0) {
         const float scale = 1.0f / sqrtf((float)p->dk);
-        peri_tensor kt = {.name = "latent cache rows", .type = type, .n_dims = 2, .shape = {nk, R + rope},
-                          .data = rows, .nbytes = (size_t)nk * rs};
         peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
-        for (int64_t h = 0; h < H; h++) {
-            float *row = sc + h * nctx;
-            for (int64_t j = lo; j < hi; j++) row[j] *= scale;
-            for (int64_t j = lo; j < hi; j++)
-                if (!valid[j]) row[j] = -INFINITY;
-        }
+        for (int64_t h = 0; h < H; h++) scale_mask(sc + h * nctx, valid, lo, hi, scale);
     } else if (J->phase == 1) {
         peri_split((long)H, ith, nth, &lo, &hi);
         for (int64_t h = lo; h < hi; h++) {
@@ -581,7 +580,8 @@ static void kattn_task(void *arg, int ith, int nth) {
             if (x->probs) memcpy(x->probs + h * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
         }
     } else if (J->phase == 2) {
-        peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, type, rows + (size_t)lo * rs, rs, hi - lo, R, H);
+        peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, kt.type, (const char *)kt.data + (size_t)lo * rs,
+                       rs, hi - lo, R, H);
     } else {
         peri_split((long)H, ith, nth, &lo, &hi);
         for (int64_t h = lo; h < hi; h++) {
@@ -740,7 +740,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 }
             }
         }
-        if (!x->full && N == 1 && x->width_a == R + rope && x->row_slot[0] >= 64) {
+        if (!x->full && N == 1 && x->row_slot[0] >= 64) {
             for (int ph = 0; ph < 4; ph++) {
                 struct kattn_job kj = {c, l, ph};
                 peri_pool_run(c->pool, kattn_task, &kj);
