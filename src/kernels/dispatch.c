@@ -119,8 +119,8 @@ void peri_softmax(float *x, int64_t n) { peri_kernels_current()->softmax(x, n); 
 void peri_silu_row(float *y, const float *x, int64_t n) { peri_kernels_current()->silu_row(y, x, n); }
 void peri_swiglu(float *y, const float *a, const float *b, int64_t n) { peri_kernels_current()->swiglu(y, a, b, n); }
 void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n) {
-    const struct peri_kernel_set *ks = peri_kernels_current();
-    if (ks->f16_row) ks->f16_row(y, x, n);
+    peri_to_float_fn f = peri_kernels_current()->to_float[PERI_TYPE_F16];
+    if (f) f(x, y, n);
     else peri_f16_to_f32_row_ref(y, x, n);
 }
 
@@ -183,9 +183,11 @@ static void mm_generic_rows(const struct mm_job *j, int64_t lo, int64_t hi, floa
         }
         return;
     }
+    // the level's dequantizer where it has one (bit for bit the reference's values)
+    peri_to_float_fn to_float = j->ks->to_float[j->wtype] ? j->ks->to_float[j->wtype] : tt->to_float;
     for (int64_t r0 = lo; r0 < hi; r0 += rows) {
         int64_t m = hi - r0 < rows ? hi - r0 : rows;
-        for (int64_t r = 0; r < m; r++) tt->to_float(j->w + (size_t)(r0 + r) * j->wstride, buf + r * j->K, j->K);
+        for (int64_t r = 0; r < m; r++) to_float(j->w + (size_t)(r0 + r) * j->wstride, buf + r * j->K, j->K);
         f32(j->y + r0, j->ldy, j->x, j->xstride, buf, (size_t)j->K * sizeof(float), j->K, m, j->n,
             j->bias ? j->bias + r0 : NULL);
     }

@@ -42,12 +42,11 @@ struct peri_kernel_set {
     // Sum of 8 rows of len floats (len a multiple of 16), `stride` floats apart, read together as the
     // decode matmul reads weight rows: the bandwidth probe.
     float (*sum8)(const float *p, int64_t len, int64_t stride);
-    // IEEE half -> float32 over a row (exact); NULL: the scalar reference.
-    void (*f16_row)(float *y, const uint16_t *x, int64_t n);
     // y = x C with C's rows stored (peri_matmul_nn), by C's type; NULL: the reference.
     void (*mm_nn[PERI_TYPE_COUNT])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
                                    int64_t K, int64_t m, int64_t n);
-    // Rows of a weight type as float32 (peri_get_row), by weight type; NULL: the type's reference to_float.
+    // Rows of a weight type as float32 (peri_get_row; the F16 entry also serves peri_f16_to_f32_row), by weight
+    // type; NULL: the type's reference to_float.
     // Same values as the reference (docs/kernels.md says where an FMA may round once instead of twice).
     peri_to_float_fn to_float[PERI_TYPE_COUNT];
 };

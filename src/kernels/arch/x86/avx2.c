@@ -365,7 +365,9 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
-static void f16_row(float *y, const uint16_t *x, int64_t n) {
+// F16 rows as float32 (peri_get_row, peri_f16_to_f32_row): exact.
+static void deq_f16(const void *src, float *y, int64_t n) {
+    const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
     for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
@@ -400,7 +402,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
-    .f16_row = f16_row,
+    .to_float = {[PERI_TYPE_F16] = deq_f16},
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
 };
 

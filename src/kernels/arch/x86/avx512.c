@@ -502,12 +502,6 @@ static void deq_bf16(const void *src, float *y, int64_t n) {
     }
 }
 
-static void f16_row(float *y, const uint16_t *x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
-    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
-}
-
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -538,7 +532,6 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
-    .f16_row = f16_row,
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
                  [PERI_TYPE_Q6_K] = deq_q6_K},
