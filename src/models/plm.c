@@ -17,6 +17,9 @@
 // Tokens per row processed through all layers at once: bounds the scratch (the batch is split into
 // micro-batches of this many tokens; causality makes that exact).
 #define PLM_UBATCH 256
+// Query rows per block in the blocked latent attention of prefill: the block's rows (times the heads) are the rows of
+// one small GEMM over the cache rows, so each cache row is read and converted from F16 once per block, not per row.
+#define PLM_QBLOCK 8
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
@@ -53,7 +56,7 @@ struct plm_ctx {
     int nth;
     // W_kb,h^T of the head being worked on, float32 [R x nope] per thread, for the absorbed query (latent cache)
     float *wkbt;
-    float *scores;               // [nth][H * n_ctx]
+    float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
     float *rowbuf;               // [nth][rowbuf_n]
     int64_t rowbuf_n;
@@ -303,6 +306,13 @@ static void plm_describe(const peri_model *m, peri_strbuf *sb) {
                    (long long)(p->n_head * (p->dk + p->vdim) * 4 * p->n_layer));
 }
 
+// Floats between score rows for nk keys: a multiple of 16 (aligned rows) that is not one of a large power of two, so
+// the rows that a GEMM tile reads together do not all fall into the same cache sets (at 16 KB apart they thrash L1
+// and L2).
+static inline int64_t score_ld(int64_t nk) {
+    return ((nk + 15) & ~(int64_t)15) + 16;
+}
+
 // ---- context ------------------------------------------------------------------------------------------
 
 static void plm_ctx_free(peri_context *c) {
@@ -375,7 +385,7 @@ static int plm_ctx_init(peri_context *c) {
         x->clat = alloc_n(N * H * R, 4);
     }
     x->nth = peri_pool_size(c->pool);
-    x->scores = alloc_n((int64_t)x->nth * H * nctx, 4);
+    x->scores = alloc_n((int64_t)x->nth * (x->full ? H * nctx : PLM_QBLOCK * H * score_ld(nctx)), 4);
     x->rowbuf_n = x->width_a > x->width_b ? x->width_a : x->width_b;
     x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
     if (!x->full) x->wkbt = alloc_n((int64_t)x->nth * R * p->nope, 4);
@@ -538,6 +548,56 @@ static void attn_task(void *arg, int ith, int nth) {
     }
 }
 
+// Latent-cache attention for many query rows (prefill): consecutive rows of one sequence form blocks of up to
+// PLM_QBLOCK rows, and the block's rows x heads are the rows of one scores GEMM and one mix GEMM on the cache rows
+// 0..nk-1 as stored (nk: the block's last key). A row's keys past its own slot are masked (causal). Blocks go to the
+// threads in snake order (0 1 1 0 ...), which balances the causal blocks' growing cost.
+struct lblock_job {
+    peri_context *c;
+    int64_t layer, n_rows;
+};
+
+// The first row after the block that starts at row n0.
+static int64_t lblock_end(const struct plm_ctx *x, int64_t n0, int64_t n_rows) {
+    int64_t n1 = n0 + 1;
+    while (n1 < n_rows && n1 - n0 < PLM_QBLOCK && x->row_seq[n1] == x->row_seq[n0]) n1++;
+    return n1;
+}
+
+static void lblock_task(void *arg, int ith, int nth) {
+    const struct lblock_job *J = arg;
+    peri_context *c = J->c;
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int64_t H = p->n_head, R = p->rank, rope = p->rope, nctx = c->params.n_ctx;
+    const float scale = 1.0f / sqrtf((float)p->dk);
+    float *sc = x->scores + (int64_t)ith * PLM_QBLOCK * H * score_ld(nctx);
+    int64_t b = 0;
+    for (int64_t n0 = 0, n1; n0 < J->n_rows; n0 = n1, b++) {
+        n1 = lblock_end(x, n0, J->n_rows);
+        const int64_t round = b / nth, pos = b % nth;
+        if ((round % 2 ? nth - 1 - pos : pos) != ith) continue;
+        const int64_t s = x->row_seq[n0], rows = (n1 - n0) * H;
+        int64_t nk = 0;
+        for (int64_t n = n0; n < n1; n++) nk = x->row_slot[n] + 1 > nk ? x->row_slot[n] + 1 : nk;
+        const uint8_t *valid = x->valid + s * nctx;
+        const peri_tensor kt = latent_rows(c, J->layer, s, nk);
+        const int64_t ld = score_ld(nk);
+        peri_matmul_ex(NULL, sc, ld, x->qlat + n0 * H * (R + rope), R + rope, &kt, 0, nk, NULL, rows);
+        for (int64_t n = n0; n < n1; n++) {
+            const int64_t ni = x->row_slot[n] + 1;
+            for (int64_t h = 0; h < H; h++) {
+                float *row = sc + ((n - n0) * H + h) * ld;
+                scale_mask(row, valid, 0, ni, scale);
+                masked_softmax(row, ni, c->params.attn);
+                if (x->probs) memcpy(x->probs + (n * H + h) * nctx, row, sizeof(float) * (size_t)ni);
+                memset(row + ni, 0, sizeof(float) * (size_t)(nk - ni));   // later rows' keys
+            }
+        }
+        peri_matmul_nn(x->clat + n0 * H * R, R, sc, ld, kt.type, kt.data, (size_t)x->width_a * x->esz, nk, R, rows);
+    }
+}
+
 // One-row decode on the latent cache, split over the keys instead of the heads: each thread scores all heads on
 // its share of the keys (so the cache rows are converted once, not once per thread), then the softmax runs per
 // head, then each thread mixes its keys' rows for all heads into a partial sum, and the partials are added.
@@ -620,17 +680,20 @@ static void heads_task(void *arg, int ith, int nth) {
                     peri_axpy(x->qlat + i * H * (R + rope) + h * (R + rope), x->q[i * H * dk + h * dk + d], row, R);
             }
         } else if (!J->out) {
-            // W_kb,h^T q_nope,h contracts over the rows of kv_b, which a matmul cannot do on the stored weight:
-            // this head's nope rows are dequantized and transposed into the thread's [R x nope] scratch (about
-            // 2% of the layer's work; a model-wide float32 copy would cost 128 MiB for PLM-1.8B).
-            float *wt = x->wkbt + (int64_t)ith * R * nope, *row = x->rowbuf + (int64_t)ith * x->rowbuf_n;
-            for (int64_t d = 0; d < nope; d++) {
-                peri_get_row(J->L->wkvb, h * (nope + vd) + d, row);
-                for (int64_t r = 0; r < R; r++) wt[r * nope + d] = row[r];
+            // q_lat,h = q_nope,h W_kb,h, where W_kb,h is the head's nope rows of kv_b ([nope x R] as stored): y = x C.
+            // Float weights are used in place; quantized ones are dequantized into the thread's scratch first.
+            const peri_tensor *W = J->L->wkvb;
+            const int64_t r0 = h * (nope + vd);
+            const size_t rs = peri_row_size(W->type, R);
+            const void *cw = (const char *)W->data + (size_t)r0 * rs;
+            int ct = W->type;
+            size_t cs = rs;
+            if (ct != PERI_TYPE_F32 && ct != PERI_TYPE_F16 && ct != PERI_TYPE_BF16) {
+                float *wt = x->wkbt + (int64_t)ith * R * nope;
+                for (int64_t d = 0; d < nope; d++) peri_get_row(W, r0 + d, wt + d * R);
+                cw = wt, ct = PERI_TYPE_F32, cs = sizeof(float) * (size_t)R;
             }
-            peri_tensor t = {.name = "W_kb^T (one head)", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {R, nope},
-                             .data = wt, .nbytes = sizeof(float) * (size_t)(R * nope)};
-            peri_matmul_ex(NULL, x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, &t, 0, R, NULL,
+            peri_matmul_nn(x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, ct, cw, cs, nope, R,
                            J->n_rows);
         } else
             peri_matmul_ex(NULL, x->att + h * vd, H * vd, x->clat + h * R, H * R, J->L->wkvb, h * (nope + vd) + nope,
@@ -675,6 +738,30 @@ static void emit_attn(peri_context *c, int l, int64_t n_seq, int64_t T) {
     }
 }
 
+// The MLP activation relu(v)^2 over n values, split over the threads. Branch-free (a value with the sign bit set
+// becomes +0), since the signs of the up projection are random and a branch mispredicts half the time; the compiler
+// vectorizes this form.
+struct relu_sq_job {
+    float *v;
+    int64_t n;
+};
+
+static void relu_sq_task(void *arg, int ith, int nth) {
+    const struct relu_sq_job *J = arg;
+    long lo, hi;
+    peri_split((long)((J->n + 15) / 16), ith, nth, &lo, &hi);
+    float *v = J->v;
+    const int64_t end = hi * 16 < J->n ? hi * 16 : J->n;
+    for (int64_t i = lo * 16; i < end; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], sizeof u);
+        u &= ~(uint32_t)((int32_t)u >> 31);
+        float f;
+        memcpy(&f, &u, sizeof f);
+        v[i] = f * f;
+    }
+}
+
 static void rmsnorm_rows(float *y, const float *xs, const float *w, int64_t n_rows, int64_t d, int64_t ldx,
                          float eps) {
     for (int64_t i = 0; i < n_rows; i++) peri_rmsnorm_ref(y + i * d, xs + i * ldx, w, d, eps);
@@ -700,6 +787,11 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             peri_get_row(p->embd, b->tokens[bi], x->x + n * D);
         }
     }
+
+    // Blocked latent attention when there are enough blocks to keep every thread busy; else (row, head) units.
+    int64_t n_blocks = 0;
+    for (int64_t n0 = 0; n0 < N; n0 = lblock_end(x, n0, N)) n_blocks++;
+    const bool use_blocks = n_blocks >= 4 * (int64_t)x->nth;
 
     for (int64_t l = 0; l < p->n_layer; l++) {
         const struct plm_layer *L = &p->layers[l];
@@ -745,6 +837,9 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 struct kattn_job kj = {c, l, ph};
                 peri_pool_run(c->pool, kattn_task, &kj);
             }
+        } else if (!x->full && use_blocks) {
+            struct lblock_job job = {c, l, N};
+            peri_pool_run(c->pool, lblock_task, &job);
         } else {
             struct attn_job job = {c, l, N};
             peri_pool_run(c->pool, attn_task, &job);
@@ -758,10 +853,9 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
         for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
         rmsnorm_rows(x->h, x->x, L->ffn_norm, N, D, D, p->eps);
         peri_matmul(c->pool, x->ff, x->h, L->up, NULL, N);
-        for (int64_t i = 0; i < N * p->n_ff; i++) {
-            float v = x->ff[i] > 0.0f ? x->ff[i] : 0.0f;
-            x->ff[i] = v * v;
-        }
+        struct relu_sq_job rj = {x->ff, N * p->n_ff};
+        if (rj.n >= 65536) peri_pool_run(c->pool, relu_sq_task, &rj);   // decode's one row is not worth a wake-up
+        else relu_sq_task(&rj, 0, 1);
         peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
         for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
         if (cb)
