@@ -58,6 +58,7 @@ struct plm_ctx {
     float *wkbt;
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
+    float *part_ml;              // [nth][2 * H]: each thread's per-head largest score and sum of exponentials
     float *rowbuf;               // [nth][rowbuf_n]
     int64_t rowbuf_n;
     // tensor_cb scratch (only when a callback is set)
@@ -320,7 +321,7 @@ static void plm_ctx_free(peri_context *c) {
     if (!x) return;
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv); free(x->qlat); free(x->clat);
-    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->probs); free(x->emit);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -390,12 +391,13 @@ static int plm_ctx_init(peri_context *c) {
     x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
     if (!x->full) x->wkbt = alloc_n((int64_t)x->nth * R * p->nope, 4);
     if (!x->full) x->part = alloc_n((int64_t)x->nth * H * R, 4);
+    if (!x->full) x->part_ml = alloc_n((int64_t)x->nth * 2 * H, 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part)) && x->row_seq && x->row_slot && x->row_pos;
+              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml)) && x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
         int64_t np = N * H * nctx;
@@ -602,10 +604,13 @@ static void lblock_task(void *arg, int ith, int nth) {
 // its share of the keys (so the cache rows are converted once, not once per thread), then the softmax runs per
 // head, then each thread mixes its keys' rows for all heads into a partial sum, and the partials are added.
 // Phases are separate pool runs; the scores of all heads live in thread 0's scores region.
+// Phase 4 does phases 0-2 in one run with a softmax local to the thread's keys: the thread keeps, per head, its
+// largest score m_t and the sum l_t of exp(s - m_t), and the W_vb job combines the partials (heads_combine), as
+// flash attention does. It needs a visible key (the token's own) and no probabilities for the callback.
 struct kattn_job {
     peri_context *c;
     int64_t layer;
-    int phase;   // 0 scores, 1 softmax, 2 partial mixes, 3 sum of the partials
+    int phase;   // 0 scores, 1 softmax, 2 partial mixes, 3 sum of the partials; 4 = 0-2 with local softmax
 };
 
 static void kattn_task(void *arg, int ith, int nth) {
@@ -628,6 +633,31 @@ static void kattn_task(void *arg, int ith, int nth) {
             if (J->phase == 2) memset(x->part + (int64_t)ith * H * R, 0, sizeof(float) * (size_t)(H * R));
             return;
         }
+    } else if (J->phase == 4) {
+        peri_split((long)((nk + 15) / 16), ith, nth, &lo, &hi);
+        lo *= 16, hi *= 16;
+        if (hi > nk) hi = nk;
+        float *ml = x->part_ml + (int64_t)ith * 2 * H;
+        for (int64_t h = 0; h < H; h++) ml[2 * h] = -INFINITY, ml[2 * h + 1] = 0.0f;
+        if (lo >= hi) return;
+        const float scale = 1.0f / sqrtf((float)p->dk);
+        peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
+        for (int64_t h = 0; h < H; h++) {
+            float *row = sc + h * nctx;
+            scale_mask(row, valid, lo, hi, scale);
+            int64_t am = lo;
+            for (int64_t j = lo + 1; j < hi; j++) am = row[j] > row[am] ? j : am;
+            if (row[am] == -INFINITY) {   // none of this thread's keys is visible: it contributes nothing
+                memset(row + lo, 0, sizeof(float) * (size_t)(hi - lo));
+                continue;
+            }
+            ml[2 * h] = row[am];
+            peri_softmax(row + lo, hi - lo);   // exp(s - m_t) / l_t, and exp(0) / l_t at the largest score
+            ml[2 * h + 1] = 1.0f / row[am];
+        }
+        peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, kt.type, (const char *)kt.data + (size_t)lo * rs,
+                       rs, hi - lo, R, H);
+        return;
     }
     if (J->phase == 0) {
         const float scale = 1.0f / sqrtf((float)p->dk);
@@ -657,7 +687,27 @@ struct heads_job {
     const struct plm_layer *L;
     int64_t n_rows;
     int out;                     // 0: absorbed queries, 1: latent mixes expanded by W_vb
+    int combine;                 // with out: first combine the threads' partial mixes of kattn phase 4
 };
+
+// The latent mix of head h from the threads' partials of kattn phase 4: Σ_t w_t part_t / Σ_t w_t with
+// w_t = exp(m_t - M) l_t (M the largest m_t), since each part_t was normalized by its own l_t.
+static void heads_combine(struct plm_ctx *x, int64_t H, int64_t R, int64_t h) {
+    float M = -INFINITY, z = 0.0f;
+    for (int t = 0; t < x->nth; t++) M = x->part_ml[(int64_t)t * 2 * H + 2 * h] > M ? x->part_ml[(int64_t)t * 2 * H + 2 * h] : M;
+    float *out = x->clat + h * R;
+    memset(out, 0, sizeof(float) * (size_t)R);
+    for (int t = 0; t < x->nth; t++) {
+        const float *ml = x->part_ml + (int64_t)t * 2 * H + 2 * h;
+        if (ml[0] == -INFINITY) continue;
+        z += expf(ml[0] - M) * ml[1];
+    }
+    for (int t = 0; t < x->nth; t++) {
+        const float *ml = x->part_ml + (int64_t)t * 2 * H + 2 * h;
+        if (ml[0] == -INFINITY) continue;
+        peri_axpy(out, expf(ml[0] - M) * ml[1] / z, x->part + ((int64_t)t * H + h) * R, R);
+    }
+}
 
 // The per-head products of the absorbed form, heads split over the threads: each head is one small
 // matmul over all rows (its own input slice and weight rows), run on this thread alone.
@@ -695,9 +745,11 @@ static void heads_task(void *arg, int ith, int nth) {
             }
             peri_matmul_nn(x->qlat + h * (R + rope), H * (R + rope), x->q + h * dk, H * dk, ct, cw, cs, nope, R,
                            J->n_rows);
-        } else
+        } else {
+            if (J->combine) heads_combine(x, H, R, h);
             peri_matmul_ex(NULL, x->att + h * vd, H * vd, x->clat + h * R, H * R, J->L->wkvb, h * (nope + vd) + nope,
                            vd, NULL, J->n_rows);
+        }
     }
 }
 
@@ -815,7 +867,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                     memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
                            sizeof(float) * (size_t)rope);
             }
-            struct heads_job hj = {c, L, N, 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
+            struct heads_job hj = {c, L, N, 0, 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
             peri_pool_run(c->pool, heads_task, &hj);
         } else {
             peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
@@ -832,7 +884,13 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 }
             }
         }
-        if (!x->full && N == 1 && x->row_slot[0] >= 64) {
+        // One-row decode with enough keys to split: one run when the token's own key is visible (so every head
+        // has a visible key) and no probabilities are kept, else the four phases.
+        const bool kfused = !x->full && N == 1 && !x->probs && x->valid[x->row_seq[0] * nctx + x->row_slot[0]];
+        if (!x->full && N == 1 && x->row_slot[0] >= 64 && kfused) {
+            struct kattn_job kj = {c, l, 4};
+            peri_pool_run(c->pool, kattn_task, &kj);
+        } else if (!x->full && N == 1 && x->row_slot[0] >= 64) {
             for (int ph = 0; ph < 4; ph++) {
                 struct kattn_job kj = {c, l, ph};
                 peri_pool_run(c->pool, kattn_task, &kj);
@@ -845,7 +903,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             peri_pool_run(c->pool, attn_task, &job);
         }
         if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
-            struct heads_job hj = {c, L, N, 1};
+            struct heads_job hj = {c, L, N, 1, kfused && x->row_slot[0] >= 64};
             peri_pool_run(c->pool, heads_task, &hj);
         }
         if (cb) emit_attn(c, (int)l, b->n_seq, T);
