@@ -19,10 +19,15 @@ static _Atomic(const struct peri_kernel_set *) g_cur;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_info[256];
 
-static const char *const g_level_names[PERI_KERNELS_LEVELS] = {"ref", "avx2", "avx512", "neon", "avx512vnni"};
+static const char *const g_level_names[PERI_KERNELS_LEVELS] = {
+    "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot",
+};
 static atomic_bool g_exact;
 #if defined(__x86_64__)
 static struct peri_kernel_set g_vnni_set; // the AVX-512 set with the VNNI integer-dot entries laid over it
+#endif
+#if defined(__aarch64__)
+static struct peri_kernel_set g_neondot_set; // the NEON set with the vdotq_s32 integer-dot entries laid over it
 #endif
 
 static void update_info(const struct peri_kernel_set *ks) {
@@ -48,6 +53,14 @@ static void kernels_init(void) {
 #endif
 #if defined(__aarch64__)
     g_sets[PERI_KERNELS_NEON] = &peri_kset_neon;
+    if (peri_cpu()->neon_dotprod) {
+        g_neondot_set = peri_kset_neon;
+        g_neondot_set.name = "neondot";
+        g_neondot_set.level = PERI_KERNELS_NEON_DOTPROD;
+        for (int t = 0; t < PERI_TYPE_COUNT; t++)
+            if (peri_qmm_neon_dotprod[t].fn) g_neondot_set.mm[t] = peri_qmm_neon_dotprod[t];
+        g_sets[PERI_KERNELS_NEON_DOTPROD] = &g_neondot_set;
+    }
 #endif
     int want = PERI_KERNELS_LEVELS - 1;
     const char *env = getenv("PERI_KERNELS");

@@ -78,6 +78,10 @@ const struct peri_qdot *peri_qdot_ref(int wtype);
 #if defined(__x86_64__)
 extern const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT];
 #endif
+// The vdotq_s32 (ARMv8.2 dotprod) integer-dot entries (neon_dotprod.c), laid over a copy of the NEON set.
+#if defined(__aarch64__)
+extern const struct peri_mm_kernel peri_qmm_neon_dotprod[PERI_TYPE_COUNT];
+#endif
 
 // The set in use (never NULL).
 const struct peri_kernel_set *peri_kernels_current(void);

@@ -73,7 +73,7 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
 const char *peri_kernels_info(void);   // which SIMD versions the dispatcher chose
 
 // Kernel levels. The best one the CPU supports is chosen at the first call, unless the environment
-// variable PERI_KERNELS (ref|avx2|avx512|avx512vnni|neon|auto) asks for another (an unsupported request falls back
+// variable PERI_KERNELS (ref|avx2|avx512|avx512vnni|neon|neondot|auto) asks for another (an unsupported request falls back
 // to the best supported level below it).
 enum peri_kernel_level {
     PERI_KERNELS_REF = 0,
@@ -81,6 +81,7 @@ enum peri_kernel_level {
     PERI_KERNELS_AVX512 = 2, // x86-64 AVX-512 F/BW/VL/DQ
     PERI_KERNELS_NEON = 3,   // AArch64 Advanced SIMD
     PERI_KERNELS_AVX512VNNI = 4, // AVX-512 plus VNNI (vpdpbusd) for the integer-dot kernels
+    PERI_KERNELS_NEON_DOTPROD = 5, // NEON plus ARMv8.2 dotprod (vdotq_s32) for the integer-dot kernels
     PERI_KERNELS_LEVELS,
 };
 bool peri_kernels_supported(int level);

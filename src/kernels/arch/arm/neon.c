@@ -1,6 +1,8 @@
 // AArch64 Advanced SIMD (NEON) kernels; compiled for AArch64 only and chosen at run time by dispatch.c.
+// The integer-dot kernels with vdotq_s32 (ARMv8.2 dotprod) live in neon_dotprod.c.
 #if defined(__aarch64__)
 #include "kernels/kernels_impl.h"
+#include "tensor/quants.h"
 
 #include <arm_neon.h>
 #include <math.h>
@@ -173,7 +175,247 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
     return vaddvq_f32(a[0]);
 }
 
-// softmax, silu and swiglu stay scalar here (expf dominates; a NEON exp can follow the x86 one).
+// exp(x) for float32 within ~2 ulp (the Cephes polynomial of the x86 levels); inputs below -87.3 give 0, above
+// 88.72 give inf, and NaN passes through.
+PERI_INLINE float32x4_t exp4(float32x4_t x) {
+    const float32x4_t xc = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3f)), vdupq_n_f32(88.72f));
+    const float32x4_t fx = vrndnq_f32(vmulq_n_f32(xc, 1.44269504088896341f));
+    float32x4_t r = vfmsq_f32(xc, fx, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, fx, vdupq_n_f32(-2.12194440e-4f));
+    const float32x4_t z = vmulq_f32(r, r);
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, z);
+    // 2^fx as 2^(fx-1) * 2 so that fx = 128 (x near 88.7) does not overflow the exponent field.
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(126)), 23);
+    float32x4_t res = vmulq_f32(vmulq_f32(p, vreinterpretq_f32_s32(e)), vdupq_n_f32(2.0f));
+    res = vbslq_f32(vcltq_f32(x, vdupq_n_f32(-87.3f)), vdupq_n_f32(0.0f), res);
+    res = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(88.72283935546875f)), vdupq_n_f32(INFINITY), res);
+    return vbslq_f32(vceqq_f32(x, x), res, x);
+}
+
+// silu(v) = v / (1 + exp(-v))
+PERI_INLINE float32x4_t silu4(float32x4_t v) {
+    return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), exp4(vnegq_f32(v))));
+}
+
+static void softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float mx = -INFINITY;
+    int64_t i = 0;
+    if (n >= 4) {
+        float32x4_t m = vdupq_n_f32(-INFINITY);
+        for (; i + 4 <= n; i += 4) m = vmaxq_f32(m, vld1q_f32(x + i));
+        mx = vmaxvq_f32(m);
+    }
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    const float32x4_t mv = vdupq_n_f32(mx);
+    float32x4_t s = vdupq_n_f32(0);
+    for (i = 0; i + 4 <= n; i += 4) {
+        const float32x4_t e = exp4(vsubq_f32(vld1q_f32(x + i), mv));
+        s = vaddq_f32(s, e);
+        vst1q_f32(x + i, e);
+    }
+    float tot = vaddvq_f32(s);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        tot += x[i];
+    }
+    const float inv = 1.0f / tot;
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_n_f32(vld1q_f32(x + i), inv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+static void silu_row(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, silu4(vld1q_f32(x + i)));
+    for (; i < n; i++) y[i] = peri_silu(x[i]);
+}
+
+static void swiglu(float *y, const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vmulq_f32(silu4(vld1q_f32(a + i)), vld1q_f32(b + i)));
+    for (; i < n; i++) y[i] = peri_silu(a[i]) * b[i];
+}
+
+// ---- activation quantizers, byte for byte the references (peri_quantize_row_q8_0_ref / _q8_K_ref) ---------------
+// The same float operations per value; only the max and the sums are taken in another order, and those are exact.
+
+// fp16 bits of f, rounded to nearest even as peri_f32_to_f16 (a single rounding, subnormals included).
+PERI_INLINE peri_half f2h(float f) {
+    __fp16 h = (__fp16)f;
+    peri_half u;
+    memcpy(&u, &h, sizeof u);
+    return u;
+}
+
+PERI_INLINE int8x16_t narrow_s8(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
+    return vcombine_s8(vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(b))),
+                       vqmovn_s16(vcombine_s16(vqmovn_s32(c), vqmovn_s32(d))));
+}
+
+static void quantize_q8_0(const float *x, void *dst, int64_t n) {
+    block_q8_0 *y = dst;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        float32x4_t v[8], m = vdupq_n_f32(0);
+        PERI_UNROLL for (int k = 0; k < 8; k++) {
+            v[k] = vld1q_f32(x + 4 * k);
+            m = vmaxq_f32(m, vabsq_f32(v[k]));
+        }
+        const float d = vmaxvq_f32(m) / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        int32x4_t q[8];
+        // roundf: nearest, ties away from zero (vrndaq); then C's conversion, saturated as peri_trunc_i8
+        PERI_UNROLL for (int k = 0; k < 8; k++) q[k] = vcvtq_s32_f32(vrndaq_f32(vmulq_n_f32(v[k], id)));
+        vst1q_s8(y[i].qs, narrow_s8(q[0], q[1], q[2], q[3]));
+        vst1q_s8(y[i].qs + 16, narrow_s8(q[4], q[5], q[6], q[7]));
+    }
+}
+
+static void quantize_q8_K(const float *x, void *dst, int64_t n) {
+    block_q8_K *y = dst;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        float32x4_t m = vdupq_n_f32(0);
+        for (int j = 0; j < QK_K; j += 4) m = vmaxq_f32(m, vabsq_f32(vld1q_f32(x + j)));
+        const float amax = vmaxvq_f32(m);
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        float max = 0; // the first value of largest magnitude, with its sign (as the reference's scan)
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) == amax) {
+                max = x[j];
+                break;
+            }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < QK_K; j += 16) {
+            int32x4_t q[4];
+            PERI_UNROLL for (int k = 0; k < 4; k++) // nearest, ties to even (peri_nearest_int), at most 127
+                q[k] = vminq_s32(vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + j + 4 * k), iscale)), vdupq_n_s32(127));
+            vst1q_s8(y[i].qs + j, narrow_s8(q[0], q[1], q[2], q[3]));
+            y[i].bsums[j / 16] = (int16_t)vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])));
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+#define QMM_DOTPROD 0
+#include "kernels/arch/arm/qmm_neon.inc"
+
+// ---- weight rows as float32 (peri_get_row), bit for bit the references in tensor/quants*.c ---------------------
+// The same operations with one rounding each; the file-wide contraction switch (as the references use it) keeps
+// Q4_K's product and difference from being fused into one rounding.
+PERI_QUANT_NO_CONTRACT
+
+PERI_INLINE void st_i8x16(float *y, int8x16_t q, float32x4_t d) {
+    const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_high_s8(q);
+    vst1q_f32(y, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), d));
+    vst1q_f32(y + 4, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(lo)), d));
+    vst1q_f32(y + 8, vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), d));
+    vst1q_f32(y + 12, vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(hi)), d));
+}
+
+static void deq_q8_0(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = src;
+    for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0) {
+        const float32x4_t d = vdupq_n_f32(q_h2f(x[i].d));
+        st_i8x16(y, vld1q_s8(x[i].qs), d);
+        st_i8x16(y + 16, vld1q_s8(x[i].qs + 16), d);
+    }
+}
+
+static void deq_q4_0(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = src;
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
+        const float32x4_t d = vdupq_n_f32(q_h2f(x[i].d));
+        const uint8x16_t v = vld1q_u8(x[i].qs);
+        st_i8x16(y, vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))), vdupq_n_s8(8)), d);
+        st_i8x16(y + 16, vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8)), d);
+    }
+}
+
+// 16 codes as float, times d minus m: d * q - m as the reference writes it.
+PERI_INLINE void st_u8x16_dm(float *y, uint8x16_t q, float32x4_t d, float32x4_t m) {
+    const uint16x8_t lo = vmovl_u8(vget_low_u8(q)), hi = vmovl_high_u8(q);
+    vst1q_f32(y, vsubq_f32(vmulq_f32(d, vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)))), m));
+    vst1q_f32(y + 4, vsubq_f32(vmulq_f32(d, vcvtq_f32_u32(vmovl_high_u16(lo))), m));
+    vst1q_f32(y + 8, vsubq_f32(vmulq_f32(d, vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)))), m));
+    vst1q_f32(y + 12, vsubq_f32(vmulq_f32(d, vcvtq_f32_u32(vmovl_high_u16(hi))), m));
+}
+
+static void deq_q4_K(const void *src, float *y, int64_t n) {
+    const block_q4_K *x = src;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = q_h2f(x[i].d), mn = q_h2f(x[i].dmin);
+        uint8_t sm[16];
+        q_k4_scales(x[i].scales, sm); // scales of sub-blocks 0..7, then their mins
+        for (int p = 0; p < 4; p++) {
+            const float32x4_t d1 = vdupq_n_f32(d * sm[2 * p]), m1 = vdupq_n_f32(mn * sm[8 + 2 * p]);
+            const float32x4_t d2 = vdupq_n_f32(d * sm[2 * p + 1]), m2 = vdupq_n_f32(mn * sm[8 + 2 * p + 1]);
+            PERI_UNROLL for (int h = 0; h < 2; h++) {
+                const uint8x16_t v = vld1q_u8(x[i].qs + 32 * p + 16 * h);
+                st_u8x16_dm(y + 64 * p + 16 * h, vandq_u8(v, vdupq_n_u8(0x0F)), d1, m1);
+                st_u8x16_dm(y + 64 * p + 32 + 16 * h, vshrq_n_u8(v, 4), d2, m2);
+            }
+        }
+    }
+}
+
+static void deq_q6_K(const void *src, float *y, int64_t n) {
+    const block_q6_K *x = src;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = q_h2f(x[i].d);
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        const int8_t *sc = x[i].scales;
+        for (int k = 0; k < QK_K; k += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+            PERI_UNROLL for (int h = 0; h < 2; h++) { // values l = 16h .. 16h+15 of each quarter
+                const uint8x16_t a = vld1q_u8(ql + 16 * h), b = vld1q_u8(ql + 32 + 16 * h), c = vld1q_u8(qh + 16 * h);
+                const uint8x16_t q[4] = {
+                    vorrq_u8(vandq_u8(a, m4), vshlq_n_u8(vandq_u8(c, m3), 4)),
+                    vorrq_u8(vandq_u8(b, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(c, 2), m3), 4)),
+                    vorrq_u8(vshrq_n_u8(a, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(c, 4), m3), 4)),
+                    vorrq_u8(vshrq_n_u8(b, 4), vshlq_n_u8(vshrq_n_u8(c, 6), 4)),
+                };
+                PERI_UNROLL for (int j = 0; j < 4; j++) // (d * scale) * (q - 32), in that order
+                    st_i8x16(y + 32 * j + 16 * h, vsubq_s8(vreinterpretq_s8_u8(q[j]), vdupq_n_s8(32)),
+                             vdupq_n_f32(d * sc[h + 2 * j]));
+            }
+        }
+    }
+}
+
+static void deq_f16(const void *src, float *y, int64_t n) {
+    const uint16_t *x = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(x + i));
+        vst1q_f32(y + i, vcvt_f32_f16(vget_low_f16(h)));
+        vst1q_f32(y + i + 4, vcvt_high_f32_f16(h));
+    }
+    for (; i < n; i++) y[i] = q_h2f(x[i]);
+}
+
+static void deq_bf16(const void *src, float *y, int64_t n) {
+    const uint16_t *x = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const uint16x8_t h = vld1q_u16(x + i);
+        vst1q_f32(y + i, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)));
+        vst1q_f32(y + i + 4, vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)));
+    }
+    for (; i < n; i++) {
+        const uint32_t u = (uint32_t)x[i] << 16;
+        memcpy(&y[i], &u, 4);
+    }
+}
+
 const struct peri_kernel_set peri_kset_neon = {
     .name = "neon",
     .level = PERI_KERNELS_NEON,
@@ -182,15 +424,19 @@ const struct peri_kernel_set peri_kset_neon = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
+        QMM_NEON_ENTRIES,
     },
+    .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
     .dot = dot,
     .axpy = axpy,
     .layernorm = layernorm,
     .rmsnorm = rmsnorm,
-    .softmax = peri_softmax_ref,
-    .silu_row = peri_silu_row_ref,
-    .swiglu = peri_swiglu_ref,
+    .softmax = softmax,
+    .silu_row = silu_row,
+    .swiglu = swiglu,
     .sum8 = sum8,
+    .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
+                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q6_K] = deq_q6_K},
 };
 
 #else
