@@ -139,7 +139,7 @@ static void test_get_row_level(void) {
     for (int type = 0; type < PERI_TYPE_COUNT; type++) {
         const struct peri_type_traits *tt = peri_type_traits(type);
         if (!tt || !tt->supported || !tt->to_float || !tt->from_float) continue;
-        const int64_t K = 3 * 256, M = 4;
+        const int64_t K = tt->blck_size > 1 ? 3 * 256 : 3 * 256 + 5, M = 4; // odd for the vector tails
         const size_t rs = peri_row_size(type, K);
         float *src = malloc(sizeof(float) * (size_t)(M * K)), *a = malloc(sizeof(float) * (size_t)K),
               *b = malloc(sizeof(float) * (size_t)K);
@@ -168,6 +168,14 @@ static void test_get_row_level(void) {
             }
         }
         CHECKF(!bad, "get_row %s at level %s", tt->name, lvl);
+#if defined(__x86_64__)
+        // the x86 levels' own dequantizers, so the comparison above is not the reference against itself
+        static const int simd_types[] = {PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q2_K,
+                                         PERI_TYPE_Q3_K, PERI_TYPE_Q4_K, PERI_TYPE_Q5_K, PERI_TYPE_Q6_K};
+        for (size_t i = 0; i < sizeof simd_types / sizeof simd_types[0]; i++)
+            if (type == simd_types[i] && peri_kernels_level() != PERI_KERNELS_REF)
+                CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
+#endif
         free(src), free(a), free(b), free(w);
     }
 }
@@ -278,6 +286,10 @@ static void test_qdot_level(void) {
         const struct peri_type_traits *tt = peri_type_traits(type), *xtt = peri_type_traits(qr->x_type);
         const struct peri_mm_kernel *e = &ks->mm[type];
         int simd = e->fn && e->x_type != PERI_TYPE_F32;
+#if defined(__x86_64__)
+        // every type with an integer reference has an x86 kernel (a missing table entry would pass unnoticed)
+        if (peri_kernels_level() != PERI_KERNELS_REF) CHECKF(simd, "%s at %s: no integer kernel", tt->name, lvl);
+#endif
         if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);
         int ok_simd = 1, ok_ref = 1;
         // Decode kernels take 8 blocks at a time and prepare x in chunks of 256 blocks: n == 1 with K from 8 to
@@ -381,7 +393,8 @@ static void test_quantize_level(void) {
 // rows too long for the stack buffer (float activations then).
 static void test_modes_level(peri_pool *pool) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
-    const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K, PERI_TYPE_Q5_1};
+    const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K, PERI_TYPE_Q5_1, PERI_TYPE_Q2_K,
+                         PERI_TYPE_Q3_K};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         int bs = (int)peri_type_traits(types[t])->blck_size;
         peri_kernels_set_exact(true);

@@ -365,12 +365,171 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 
-// F16 rows as float32 (peri_get_row, peri_f16_to_f32_row): exact.
+// ---- weight rows as float32 (peri_get_row, peri_f16_to_f32_row, the generic matmul path) ------------------------
+// The same operations as the references in tensor/quants*.c, in the same order, so the values are bit for bit the
+// reference's. F16 and BF16 conversions are exact. In Q2_K's, Q4_K's and Q5_K's `(d * scale) * q - dmin * min` the
+// products are exact (an fp16 d has 11 significant bits, scale and q together at most 11 more), so only the
+// subtraction rounds: a compiler that fused it with the product into an FMA would still give the reference's bits.
+
+// 8 bytes from p as int32 lanes.
+PERI_INLINE __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
 static void deq_f16(const void *src, float *y, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
     for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
+}
+
+static void deq_bf16(const void *src, float *y, int64_t n) {
+    const uint16_t *x = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i))), 16)));
+    for (; i < n; i++) {
+        uint32_t u = (uint32_t)x[i] << 16;
+        memcpy(&y[i], &u, 4);
+    }
+}
+
+static void deq_q8_0(const void *src, float *y, int64_t n) {
+    const block_q8_0 *x = src;
+    for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[i].d));
+        PERI_UNROLL for (int h = 0; h < 4; h++) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x[i].qs + 8 * h)));
+            _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
+static void deq_q4_0(const void *src, float *y, int64_t n) {
+    const block_q4_0 *x = src;
+    const __m256i m4 = _mm256_set1_epi32(15), c8 = _mm256_set1_epi32(8);
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[i].d));
+        PERI_UNROLL for (int h = 0; h < 2; h++) { // values 8h.. in the low nibbles, 16 + 8h.. in the high ones
+            __m256i v = u8x8(x[i].qs + 8 * h);
+            __m256i lo = _mm256_sub_epi32(_mm256_and_si256(v, m4), c8), hi = _mm256_sub_epi32(_mm256_srli_epi32(v, 4), c8);
+            _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d));
+            _mm256_storeu_ps(y + 16 + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d));
+        }
+    }
+}
+
+// Q2_K: per 16 values (d * scale) * q - dmin * min; 2-bit codes as in qmm_x86.inc's q_row_k.
+static void deq_q2_K(const void *src, float *y, int64_t n) {
+    const block_q2_K *x = src;
+    const __m256i m3 = _mm256_set1_epi32(3);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d), mn = _cvtsh_ss(x[i].dmin);
+        PERI_UNROLL for (int h = 0; h < 2; h++) {
+            const uint8_t *q = x[i].qs + 32 * h;
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const uint8_t sc = x[i].scales[8 * h + 2 * s + k];
+                    const __m256 dl = _mm256_set1_ps(d * (sc & 0xF)), ml = _mm256_set1_ps(mn * (sc >> 4));
+                    PERI_UNROLL for (int u = 0; u < 2; u++) {
+                        __m256i v = _mm256_and_si256(_mm256_srli_epi32(u8x8(q + 16 * k + 8 * u), 2 * s), m3);
+                        _mm256_storeu_ps(y + 8 * u, _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(v)), ml));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Q3_K: (d * scale) * (q - 4 unless the hmask bit is set).
+static void deq_q3_K(const void *src, float *y, int64_t n) {
+    const block_q3_K *x = src;
+    const __m256i m3 = _mm256_set1_epi32(3), c4 = _mm256_set1_epi32(4);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d);
+        _Alignas(16) uint8_t s8[16];
+        q_k3_scales(x[i].scales, s8);
+        PERI_UNROLL for (int h = 0; h < 2; h++) {
+            const uint8_t *q = x[i].qs + 32 * h;
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                const __m256i bit = _mm256_set1_epi32(1 << (4 * h + s));
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const __m256 dl = _mm256_set1_ps(d * (s8[8 * h + 2 * s + k] - 32));
+                    PERI_UNROLL for (int u = 0; u < 2; u++) {
+                        __m256i v = _mm256_and_si256(_mm256_srli_epi32(u8x8(q + 16 * k + 8 * u), 2 * s), m3);
+                        __m256i clear = _mm256_cmpeq_epi32(_mm256_and_si256(u8x8(x[i].hmask + 16 * k + 8 * u), bit),
+                                                           _mm256_setzero_si256());
+                        v = _mm256_sub_epi32(v, _mm256_and_si256(clear, c4));
+                        _mm256_storeu_ps(y + 8 * u, _mm256_mul_ps(dl, _mm256_cvtepi32_ps(v)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Q4_K and Q5_K: per 32 values (d * scale) * q - dmin * min; Q5_K's qh bit 2p (2p+1) adds 16 to the low (high)
+// nibbles of qs[32p..].
+PERI_INLINE void deq_k45(int q5, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, float d, float mn,
+                         float *y) {
+    const __m256i m4 = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
+    _Alignas(16) uint8_t sm[16];
+    q_k4_scales(scales, sm); // scales of sub-blocks 0..7, then their mins
+    PERI_UNROLL for (int p = 0; p < 4; p++) {
+        const __m256 d1 = _mm256_set1_ps(d * sm[2 * p]), m1 = _mm256_set1_ps(mn * sm[8 + 2 * p]);
+        const __m256 d2 = _mm256_set1_ps(d * sm[2 * p + 1]), m2 = _mm256_set1_ps(mn * sm[8 + 2 * p + 1]);
+        PERI_UNROLL for (int h = 0; h < 4; h++) {
+            __m256i v = u8x8(qs + 32 * p + 8 * h);
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_srli_epi32(v, 4);
+            if (q5) {
+                __m256i hb = u8x8(qh + 8 * h);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hb, 2 * p), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hb, 2 * p + 1), one), 4));
+            }
+            _mm256_storeu_ps(y + 64 * p + 8 * h, _mm256_sub_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(lo)), m1));
+            _mm256_storeu_ps(y + 64 * p + 32 + 8 * h,
+                             _mm256_sub_ps(_mm256_mul_ps(d2, _mm256_cvtepi32_ps(hi)), m2));
+        }
+    }
+}
+
+static void deq_q4_K(const void *src, float *y, int64_t n) {
+    const block_q4_K *x = src;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K)
+        deq_k45(0, x[i].scales, x[i].qs, NULL, _cvtsh_ss(x[i].d), _cvtsh_ss(x[i].dmin), y);
+}
+
+static void deq_q5_K(const void *src, float *y, int64_t n) {
+    const block_q5_K *x = src;
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K)
+        deq_k45(1, x[i].scales, x[i].qs, x[i].qh, _cvtsh_ss(x[i].d), _cvtsh_ss(x[i].dmin), y);
+}
+
+static void deq_q6_K(const void *src, float *y, int64_t n) {
+    const block_q6_K *x = src;
+    const __m256i m4 = _mm256_set1_epi32(15), m3 = _mm256_set1_epi32(3), c32 = _mm256_set1_epi32(32);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d);
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        const int8_t *sc = x[i].scales;
+        for (int k = 0; k < QK_K; k += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+            PERI_UNROLL for (int h = 0; h < 4; h++) { // values l = 8h .. 8h+7 of each quarter, scale sc[h/2 + ...]
+                __m256i a = u8x8(ql + 8 * h), b = u8x8(ql + 32 + 8 * h), c = u8x8(qh + 8 * h);
+                __m256i q[4] = {
+                    _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_slli_epi32(_mm256_and_si256(c, m3), 4)),
+                    _mm256_or_si256(_mm256_and_si256(b, m4),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 2), m3), 4)),
+                    _mm256_or_si256(_mm256_srli_epi32(a, 4),
+                                    _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 4), m3), 4)),
+                    _mm256_or_si256(_mm256_srli_epi32(b, 4), _mm256_slli_epi32(_mm256_srli_epi32(c, 6), 4)),
+                };
+                PERI_UNROLL for (int j = 0; j < 4; j++) {
+                    const __m256 ds = _mm256_set1_ps(d * sc[h / 2 + 2 * j]); // (d * scale) * q, in that order
+                    _mm256_storeu_ps(y + 32 * j + 8 * h,
+                                     _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[j], c32))));
+                }
+            }
+        }
+    }
 }
 
 #if defined(__clang__)
@@ -402,7 +561,9 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
-    .to_float = {[PERI_TYPE_F16] = deq_f16},
+    .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
+                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
+                 [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q5_K] = deq_q5_K, [PERI_TYPE_Q6_K] = deq_q6_K},
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
 };
 

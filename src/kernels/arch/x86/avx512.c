@@ -454,6 +454,77 @@ static void deq_q4_K(const void *src, float *y, int64_t n) {
     }
 }
 
+static void deq_q5_K(const void *src, float *y, int64_t n) {
+    const block_q5_K *x = src;
+    const __m512i m4 = _mm512_set1_epi32(15), one = _mm512_set1_epi32(1);
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = _cvtsh_ss(x[i].d), mn = _cvtsh_ss(x[i].dmin);
+        _Alignas(16) uint8_t sm[16];
+        q_k4_scales(x[i].scales, sm);
+        PERI_UNROLL for (int p = 0; p < 4; p++) { // qh bit 2p (2p+1) adds 16 to the low (high) nibbles of qs[32p..]
+            const __m512 d1 = _mm512_set1_ps(d * sm[2 * p]), m1 = _mm512_set1_ps(mn * sm[8 + 2 * p]);
+            const __m512 d2 = _mm512_set1_ps(d * sm[2 * p + 1]), m2 = _mm512_set1_ps(mn * sm[8 + 2 * p + 1]);
+            PERI_UNROLL for (int h = 0; h < 2; h++) {
+                __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qs + 32 * p + 16 * h)));
+                __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qh + 16 * h)));
+                __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m4),
+                                             _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, 2 * p), one), 4));
+                __m512i hi = _mm512_or_si512(_mm512_srli_epi32(v, 4),
+                                             _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hb, 2 * p + 1), one), 4));
+                _mm512_storeu_ps(y + 64 * p + 16 * h,
+                                 _mm512_sub_round_ps(_mm512_mul_round_ps(d1, _mm512_cvtepi32_ps(lo), RN), m1, RN));
+                _mm512_storeu_ps(y + 64 * p + 32 + 16 * h,
+                                 _mm512_sub_round_ps(_mm512_mul_round_ps(d2, _mm512_cvtepi32_ps(hi), RN), m2, RN));
+            }
+        }
+    }
+}
+
+// Q2_K: per 16 values (d * scale) * q - dmin * min; 2-bit codes as in qmm_x86.inc's q_row_k.
+static void deq_q2_K(const void *src, float *y, int64_t n) {
+    const block_q2_K *x = src;
+    const __m512i m3 = _mm512_set1_epi32(3);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d), mn = _cvtsh_ss(x[i].dmin);
+        PERI_UNROLL for (int h = 0; h < 2; h++) {
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const uint8_t sc = x[i].scales[8 * h + 2 * s + k];
+                    const __m512 dl = _mm512_set1_ps(d * (sc & 0xF)), ml = _mm512_set1_ps(mn * (sc >> 4));
+                    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qs + 32 * h + 16 * k)));
+                    v = _mm512_and_si512(_mm512_srli_epi32(v, 2 * s), m3);
+                    _mm512_storeu_ps(y, _mm512_sub_round_ps(_mm512_mul_round_ps(dl, _mm512_cvtepi32_ps(v), RN), ml, RN));
+                }
+            }
+        }
+    }
+}
+
+// Q3_K: (d * scale) * (q - 4 unless the hmask bit is set).
+static void deq_q3_K(const void *src, float *y, int64_t n) {
+    const block_q3_K *x = src;
+    const __m512i m3 = _mm512_set1_epi32(3), c4 = _mm512_set1_epi32(4);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = _cvtsh_ss(x[i].d);
+        _Alignas(16) uint8_t s8[16];
+        q_k3_scales(x[i].scales, s8);
+        const __m512i hm[2] = {_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x[i].hmask)),
+                               _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].hmask + 16)))};
+        PERI_UNROLL for (int h = 0; h < 2; h++) {
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                const __m512i bit = _mm512_set1_epi32(1 << (4 * h + s));
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const __m512 dl = _mm512_set1_ps(d * (s8[8 * h + 2 * s + k] - 32));
+                    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[i].qs + 32 * h + 16 * k)));
+                    v = _mm512_and_si512(_mm512_srli_epi32(v, 2 * s), m3);
+                    v = _mm512_mask_sub_epi32(v, _mm512_testn_epi32_mask(hm[k], bit), v, c4);
+                    _mm512_storeu_ps(y, _mm512_mul_round_ps(dl, _mm512_cvtepi32_ps(v), RN));
+                }
+            }
+        }
+    }
+}
+
 static void deq_q6_K(const void *src, float *y, int64_t n) {
     const block_q6_K *x = src;
     const __m512i m4 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3), c32 = _mm512_set1_epi32(32);
@@ -534,7 +605,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .sum8 = sum8,
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
-                 [PERI_TYPE_Q6_K] = deq_q6_K},
+                 [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
+                 [PERI_TYPE_Q5_K] = deq_q5_K},
 };
 
 #else

@@ -29,6 +29,7 @@
 const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {
     [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
     [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_K] = {qmm_q5_K, PERI_TYPE_Q8_K},
+    [PERI_TYPE_Q2_K] = {qmm_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {qmm_q3_K, PERI_TYPE_Q8_K},
     // n == 1 on 512-bit vectors (qgemv_vnni.inc) for Q8_0/Q4_0; n >= GB_MIN_N through the tiled GEMM
     // (qgemm_vnni.inc); the rest as the other levels
     [PERI_TYPE_Q8_0] = {gb_q8_0, PERI_TYPE_Q8_0},
