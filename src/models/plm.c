@@ -554,6 +554,20 @@ static void attn_task(void *arg, int ith, int nth) {
 // PLM_QBLOCK rows, and the block's rows x heads are the rows of one scores GEMM and one mix GEMM on the cache rows
 // 0..nk-1 as stored (nk: the block's last key). A row's keys past its own slot are masked (causal). Blocks go to the
 // threads in snake order (0 1 1 0 ...), which balances the causal blocks' growing cost.
+// The largest of n > 0 scores (-inf when all are masked). Eight independent maxima instead of one chain, since a
+// compare-and-select per key on one running maximum costs its latency per key (16 heads x 2000 keys per layer at
+// depth 4096). A NaN score (never produced from finite weights) is skipped, so the result is always one of the
+// values.
+static float row_max(const float *v, int64_t n) {
+    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int u = 0; u < 8; u++) m[u] = v[j + u] > m[u] ? v[j + u] : m[u];
+    for (; j < n; j++) m[0] = v[j] > m[0] ? v[j] : m[0];
+    for (int u = 1; u < 8; u++) m[0] = m[u] > m[0] ? m[u] : m[0];
+    return m[0];
+}
+
 struct lblock_job {
     peri_context *c;
     int64_t layer, n_rows;
@@ -645,13 +659,14 @@ static void kattn_task(void *arg, int ith, int nth) {
         for (int64_t h = 0; h < H; h++) {
             float *row = sc + h * nctx;
             scale_mask(row, valid, lo, hi, scale);
-            int64_t am = lo;
-            for (int64_t j = lo + 1; j < hi; j++) am = row[j] > row[am] ? j : am;
-            if (row[am] == -INFINITY) {   // none of this thread's keys is visible: it contributes nothing
+            const float mt = row_max(row + lo, hi - lo);
+            if (mt == -INFINITY) {   // none of this thread's keys is visible: it contributes nothing
                 memset(row + lo, 0, sizeof(float) * (size_t)(hi - lo));
                 continue;
             }
-            ml[2 * h] = row[am];
+            int64_t am = lo;
+            while (row[am] != mt) am++;   // a key with the largest score (NaN scores never compare equal: see row_max)
+            ml[2 * h] = mt;
             peri_softmax(row + lo, hi - lo);   // exp(s - m_t) / l_t, and exp(0) / l_t at the largest score
             ml[2 * h + 1] = 1.0f / row[am];
         }
