@@ -639,26 +639,39 @@ static void kattn_task(void *arg, int ith, int nth) {
     const size_t rs = (size_t)x->width_a * x->esz;
     float *sc = x->scores;
     long lo, hi;
-    if (J->phase == 0 || J->phase == 2) {
-        peri_split((long)((nk + 15) / 16), ith, nth, &lo, &hi);   // keys in units of 16
-        lo *= 16, hi *= 16;
-        if (hi > nk) hi = nk;
-        if (lo >= hi) {
-            if (J->phase == 2) memset(x->part + (int64_t)ith * H * R, 0, sizeof(float) * (size_t)(H * R));
-            return;
+    if (J->phase == 1 || J->phase == 3) {   // per head
+        peri_split((long)H, ith, nth, &lo, &hi);
+        for (int64_t h = lo; h < hi; h++) {
+            if (J->phase == 1) {
+                masked_softmax(sc + h * nctx, nk, c->params.attn);
+                if (x->probs) memcpy(x->probs + h * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
+                continue;
+            }
+            float *out = x->clat + h * R;
+            memcpy(out, x->part + h * R, sizeof(float) * (size_t)R);
+            for (int t = 1; t < nth; t++) peri_axpy(out, 1.0f, x->part + ((int64_t)t * H + h) * R, R);
         }
-    } else if (J->phase == 4) {
-        peri_split((long)((nk + 15) / 16), ith, nth, &lo, &hi);
-        lo *= 16, hi *= 16;
-        if (hi > nk) hi = nk;
-        float *ml = x->part_ml + (int64_t)ith * 2 * H;
+        return;
+    }
+    // per key: this thread's keys [lo, hi), in units of 16
+    peri_split((long)((nk + 15) / 16), ith, nth, &lo, &hi);
+    lo *= 16, hi *= 16;
+    if (hi > nk) hi = nk;
+    float *ml = x->part_ml + (int64_t)ith * 2 * H;
+    if (J->phase == 4)
         for (int64_t h = 0; h < H; h++) ml[2 * h] = -INFINITY, ml[2 * h + 1] = 0.0f;
-        if (lo >= hi) return;
+    if (lo >= hi) {
+        if (J->phase == 2) memset(x->part + (int64_t)ith * H * R, 0, sizeof(float) * (size_t)(H * R));
+        return;
+    }
+    if (J->phase == 0 || J->phase == 4) {
         const float scale = 1.0f / sqrtf((float)p->dk);
         peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
+        for (int64_t h = 0; h < H; h++) scale_mask(sc + h * nctx, valid, lo, hi, scale);
+    }
+    if (J->phase == 4)
         for (int64_t h = 0; h < H; h++) {
             float *row = sc + h * nctx;
-            scale_mask(row, valid, lo, hi, scale);
             const float mt = row_max(row + lo, hi - lo);
             if (mt == -INFINITY) {   // none of this thread's keys is visible: it contributes nothing
                 memset(row + lo, 0, sizeof(float) * (size_t)(hi - lo));
@@ -670,31 +683,9 @@ static void kattn_task(void *arg, int ith, int nth) {
             peri_softmax(row + lo, hi - lo);   // exp(s - m_t) / l_t, and exp(0) / l_t at the largest score
             ml[2 * h + 1] = 1.0f / row[am];
         }
+    if (J->phase == 2 || J->phase == 4)
         peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, kt.type, (const char *)kt.data + (size_t)lo * rs,
                        rs, hi - lo, R, H);
-        return;
-    }
-    if (J->phase == 0) {
-        const float scale = 1.0f / sqrtf((float)p->dk);
-        peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
-        for (int64_t h = 0; h < H; h++) scale_mask(sc + h * nctx, valid, lo, hi, scale);
-    } else if (J->phase == 1) {
-        peri_split((long)H, ith, nth, &lo, &hi);
-        for (int64_t h = lo; h < hi; h++) {
-            masked_softmax(sc + h * nctx, nk, c->params.attn);
-            if (x->probs) memcpy(x->probs + h * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
-        }
-    } else if (J->phase == 2) {
-        peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, kt.type, (const char *)kt.data + (size_t)lo * rs,
-                       rs, hi - lo, R, H);
-    } else {
-        peri_split((long)H, ith, nth, &lo, &hi);
-        for (int64_t h = lo; h < hi; h++) {
-            float *out = x->clat + h * R;
-            memcpy(out, x->part + h * R, sizeof(float) * (size_t)R);
-            for (int t = 1; t < nth; t++) peri_axpy(out, 1.0f, x->part + ((int64_t)t * H + h) * R, R);
-        }
-    }
 }
 
 struct heads_job {
