@@ -197,7 +197,7 @@ PERI_INLINE void transpose8(__m256 r[8]) {
 }
 #define GP_TRANSPOSE(t) transpose8(t)
 #define GP_LOADW_N(wt, row, k, n) ((n) == 8 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
-#include "kernels/arch/x86/gemm_f32.inc"
+#include "kernels/gemm_outer.inc"
 
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {

@@ -191,7 +191,7 @@ PERI_INLINE void transpose16(__m512 r[16]) {
 #define GP_TRANSPOSE(t) transpose16(t)
 #define GP_IB (24 * GP_MR) // 288 rows x 2 KB: about 0.6 MB of the 2 MB L2 of the AVX-512 cores we know
 #define GP_LOADW_N(wt, row, k, n) ((n) == 16 ? ld_w(wt, row, k) : ld_w_mask(wt, row, k, (__mmask16)((1u << (n)) - 1)))
-#include "kernels/arch/x86/gemm_f32.inc"
+#include "kernels/gemm_outer.inc"
 
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
                     int64_t n, const float *bias) {
