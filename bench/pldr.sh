@@ -11,10 +11,13 @@ dir=/dev/shm/peri-bench-pldr110m
 echo "== machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F)"
 for t in 1 2; do
     echo "== peri, F32, $t thread(s)"
-    "$peri" bench -m "$dir" -p 128 -n 64 -t "$t" -r 10
+    # prefill of 128 tokens, then decode of 64 after a 128-token prompt (as pldr_torch.py decodes)
+    "$peri" bench -m "$dir" -p 128 -n 0 -t "$t" -r 10
+    "$peri" bench -m "$dir" -p 0 -n 64 -d 128 -t "$t" -r 10
     if [ -f "$dir.q8_0.gguf" ]; then
         echo "== peri, Q8_0, $t thread(s)"
-        "$peri" bench -m "$dir.q8_0.gguf" -p 128 -n 64 -t "$t" -r 10
+        "$peri" bench -m "$dir.q8_0.gguf" -p 128 -n 0 -t "$t" -r 10
+        "$peri" bench -m "$dir.q8_0.gguf" -p 0 -n 64 -d 128 -t "$t" -r 10
     fi
 done
 # Debian's OpenBLAS 0.3.21 does not recognise the CPU of these VMs ("Intel(R) Xeon(R) Processor") and falls back to

@@ -7,9 +7,10 @@
 # the `plm` architecture (Si1w/llama.cpp; built by hand, never by this script). MODEL_DIR holds
 # plm-1.8b-<type>.gguf for each type (default: "f16 q8_0 q4_0 q4_k_m"), made as BENCHMARKS.md shows; keep it on
 # /dev/shm (the page cache is dropped often on these machines and that evicts mapped files).
-# Each round runs, per type, peri then llama.cpp: pp512 + tg128 with 2 threads; the whole set is repeated ROUNDS
-# times (default 3) so that load from other jobs hits both alike. DEPTH (default 0 = skipped): decode of 32 tokens
-# after DEPTH tokens of context (the model's context is 4096, so at most 4064), for the first type only, once.
+# Each round runs, per type, peri then llama.cpp: pp512 + tg128 with 2 threads, the same tests with the same options
+# (one warm-up, then one timed run each; tg128 from an empty cache); the whole set is repeated ROUNDS times (default
+# 3) so that load from other jobs hits both alike. DEPTH (default 0 = skipped): decode of 32 tokens after DEPTH tokens
+# of context (the model's context is 4096, so at most 4064), for the first type only, once.
 # Prints the raw outputs, plus the read-bandwidth probe (peri bench prints it) and the machine load.
 set -eu
 PERI=$1
@@ -38,7 +39,7 @@ if [ "$DEPTH" -gt 0 ]; then
     ty=$(echo "$TYPES" | cut -d' ' -f1)
     m="$DIR/plm-1.8b-$ty.gguf"
     echo "## depth $DEPTH $ty peri (load $(cut -d' ' -f1 /proc/loadavg))"
-    "$PERI" bench -m "$m" -p 1 -n 32 --depth "$DEPTH" -t $T -r 1
+    "$PERI" bench -m "$m" -p 0 -n 32 -d "$DEPTH" -t $T -r 1
     echo "## depth $DEPTH $ty llama.cpp (load $(cut -d' ' -f1 /proc/loadavg))"
     "$LLAMA/llama-bench" -m "$m" -p 0 -n 32 -d "$DEPTH" -t $T -r 1 -o md 2>/dev/null
 fi

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Medians per type of a bench/plm.sh log: peri and llama.cpp pp512 / tg128 and their ratios.
+"""Medians per type of a bench/plm.sh log: peri and llama.cpp pp512 / tg128 and their ratios. Reads both peri bench's
+table (the rows are llama-bench's) and the older "prefill pp512: ..." lines.
 
 usage: bench/plm_median.py LOG   (the output of bench/plm.sh with ROUNDS >= 1)
 """
@@ -21,6 +22,8 @@ for line in txt.splitlines():
     if m: d['pp'].append(float(m.group(1)))
     m = re.search(r'\|\s+tg128 \|\s+([\d.]+)', line)
     if m: d['tg'].append(float(m.group(1)))
+    m = re.match(r'tg128: (\d+)% of the bound', line)   # peri bench's table (session 3 on)
+    if m: d['bound'].append(int(m.group(1)))
 for ty, e in res.items():
     p, l = e.get('peri'), e.get('llama.cpp')
     if not p or not l: continue
