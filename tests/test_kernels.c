@@ -182,7 +182,8 @@ static void test_get_row_level(void) {
 }
 
 // peri_matmul_nn (y = x C, C as stored rows) against a float64 sum, per type, with strided rows and shapes that
-// cross the GEMM's tiles (12 or 6 rows), 32- or 16-column panels, 288- or 48-row blocks and 512-long K chunks.
+// cross the GEMM's tiles (12, 6 or 8 rows), 32-, 16- or 12-column panels, 288-, 48- or 128-row blocks (AVX-512,
+// AVX2, NEON) and 512-long K chunks.
 static void test_matmul_nn_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
@@ -191,6 +192,11 @@ static void test_matmul_nn_level(void) {
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int type = types[ti];
         const size_t esz = type == PERI_TYPE_F32 ? 4 : 2;
+#if defined(__x86_64__) || defined(__aarch64__)
+        // every SIMD level has the GEMM's entry (a missing one would silently test the reference against itself)
+        if (peri_kernels_level() != PERI_KERNELS_REF)
+            CHECKF(peri_kernels_current()->mm_nn[type] != NULL, "%s at %s: no mm_nn", peri_type_name(type), lvl);
+#endif
         int bad = 0;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
             const int64_t K = shapes[si][0], m = shapes[si][1], n = shapes[si][2];
@@ -264,9 +270,9 @@ static void test_matmul_level(peri_pool *pool) {
         // Big enough to go through the pool (the small ones run on the caller).
         ok &= check_matmul(pool, type, 131, tt->blck_size > 1 ? 3 * tt->blck_size : 515, 1, 0, 1);
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
-        // The float prefill GEMM (gemm_f32.inc): both drivers (weight panels for many x rows on a small weight,
+        // The float prefill GEMM (gemm_outer.inc): both drivers (weight panels for many x rows on a small weight,
         // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
-        // chunks of up to 512 (AVX-512 x blocks of 288 rows). {M, K, n}
+        // chunks of up to 512 (AVX-512 x blocks of 288 rows, NEON 128; NEON tiles are 8 rows by 12 columns). {M, K, n}
         static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
                                         {170, 64, 90}, {64, 170, 90}};
         for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)

@@ -8,7 +8,8 @@
 #include <math.h>
 #include <string.h>
 
-// 32 q registers: prefill tile 4 x rows by 4 weight rows (16 accumulators); decode streams 8 rows.
+// 32 q registers: dot-product tile 4 x rows by 4 weight rows (16 accumulators) for n < GP_MIN_N; decode streams
+// 8 rows.
 #define TR 4
 #define TC 4
 #define GEMV_ROWS 8
@@ -90,18 +91,44 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #undef B
 }
 
-static void mm_f32(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                   int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_F32, y, ldy, x, xs, w, ws, K, m, n, bias);
+// The outer-product GEMM (gemm_outer.inc) for n >= GP_MIN_N: 8 x rows (or weight rows) by a 12-column panel is
+// 24 accumulators, plus 3 panel vectors and the broadcast value, within the 32 q registers.
+#define GP_VEC float32x4_t
+#define GP_VL 4
+#define GP_NV 3
+#define GP_MR 8
+#define GP_ZERO() vdupq_n_f32(0)
+#define GP_LOAD(p) vld1q_f32(p)
+#define GP_SET1(v) vdupq_n_f32(v)
+#define GP_FMA(a, b, c) vfmaq_f32(c, a, b)
+#define GP_STORE(p, v) vst1q_f32(p, v)
+#define GP_ADD(a, b) vaddq_f32(a, b)
+#define GP_LOADU_N(p, n) ((n) == 4 ? vld1q_f32(p) : ld_x_tail(p, n))
+#define GP_STOREU_N(p, n, v) st_y_n(p, n, v)
+#define GP_TRANSPOSE(t) transpose4(t)
+#define GP_IB (16 * GP_MR) // 128 rows x 2 KB: a quarter of a 1 MB L2, half of a 512 KB one
+#define GP_LOADW_N(wt, row, k, n) ((n) == 4 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
+
+PERI_INLINE void st_y_n(float *y, int n, float32x4_t v) {
+    if (n == 4) {
+        vst1q_f32(y, v);
+        return;
+    }
+    float buf[4];
+    vst1q_f32(buf, v);
+    memcpy(y, buf, (size_t)n * sizeof(float));
 }
-static void mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                   int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+
+PERI_INLINE void transpose4(float32x4_t r[4]) {
+    const float32x4_t t0 = vtrn1q_f32(r[0], r[1]), t1 = vtrn2q_f32(r[0], r[1]);
+    const float32x4_t t2 = vtrn1q_f32(r[2], r[3]), t3 = vtrn2q_f32(r[2], r[3]);
+    r[0] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[1] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+    r[2] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
 }
-static void mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    mm_body(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
-}
+
+#include "kernels/gemm_outer.inc"
 
 static float dot(const float *a, const float *b, int64_t n) {
     float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
@@ -426,6 +453,7 @@ const struct peri_kernel_set peri_kset_neon = {
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         QMM_NEON_ENTRIES,
     },
+    .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
     .dot = dot,
     .axpy = axpy,
