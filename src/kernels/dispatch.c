@@ -23,11 +23,20 @@ static const char *const g_level_names[PERI_KERNELS_LEVELS] = {
     "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot",
 };
 static atomic_bool g_exact;
-#if defined(__x86_64__)
-static struct peri_kernel_set g_vnni_set; // the AVX-512 set with the VNNI integer-dot entries laid over it
-#endif
-#if defined(__aarch64__)
-static struct peri_kernel_set g_neondot_set; // the NEON set with the vdotq_s32 integer-dot entries laid over it
+#if defined(__x86_64__) || defined(__aarch64__)
+// A level that is another level's set with integer-dot matmul entries laid over it: avx512vnni over avx512 (vpdpbusd),
+// neondot over neon (vdotq_s32). One architecture has one such level, so one storage serves.
+static struct peri_kernel_set g_overlay_set;
+
+static const struct peri_kernel_set *overlay_set(const struct peri_kernel_set *base, const char *name, int level,
+                                                 const struct peri_mm_kernel mm[PERI_TYPE_COUNT]) {
+    g_overlay_set = *base;
+    g_overlay_set.name = name;
+    g_overlay_set.level = level;
+    for (int t = 0; t < PERI_TYPE_COUNT; t++)
+        if (mm[t].fn) g_overlay_set.mm[t] = mm[t];
+    return &g_overlay_set;
+}
 #endif
 
 static void update_info(const struct peri_kernel_set *ks) {
@@ -42,25 +51,15 @@ static void kernels_init(void) {
     if (c->avx2 && c->fma && c->f16c) g_sets[PERI_KERNELS_AVX2] = &peri_kset_avx2;
     if (g_sets[PERI_KERNELS_AVX2] && c->avx512f && c->avx512bw && c->avx512vl && c->avx512dq)
         g_sets[PERI_KERNELS_AVX512] = &peri_kset_avx512;
-    if (g_sets[PERI_KERNELS_AVX512] && c->avx512vnni) {
-        g_vnni_set = peri_kset_avx512;
-        g_vnni_set.name = "avx512vnni";
-        g_vnni_set.level = PERI_KERNELS_AVX512VNNI;
-        for (int t = 0; t < PERI_TYPE_COUNT; t++)
-            if (peri_qmm_avx512vnni[t].fn) g_vnni_set.mm[t] = peri_qmm_avx512vnni[t];
-        g_sets[PERI_KERNELS_AVX512VNNI] = &g_vnni_set;
-    }
+    if (g_sets[PERI_KERNELS_AVX512] && c->avx512vnni)
+        g_sets[PERI_KERNELS_AVX512VNNI] =
+            overlay_set(&peri_kset_avx512, "avx512vnni", PERI_KERNELS_AVX512VNNI, peri_qmm_avx512vnni);
 #endif
 #if defined(__aarch64__)
     g_sets[PERI_KERNELS_NEON] = &peri_kset_neon;
-    if (peri_cpu()->neon_dotprod) {
-        g_neondot_set = peri_kset_neon;
-        g_neondot_set.name = "neondot";
-        g_neondot_set.level = PERI_KERNELS_NEON_DOTPROD;
-        for (int t = 0; t < PERI_TYPE_COUNT; t++)
-            if (peri_qmm_neon_dotprod[t].fn) g_neondot_set.mm[t] = peri_qmm_neon_dotprod[t];
-        g_sets[PERI_KERNELS_NEON_DOTPROD] = &g_neondot_set;
-    }
+    if (peri_cpu()->neon_dotprod)
+        g_sets[PERI_KERNELS_NEON_DOTPROD] =
+            overlay_set(&peri_kset_neon, "neondot", PERI_KERNELS_NEON_DOTPROD, peri_qmm_neon_dotprod);
 #endif
     int want = PERI_KERNELS_LEVELS - 1;
     const char *env = getenv("PERI_KERNELS");
