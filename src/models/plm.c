@@ -54,7 +54,8 @@ struct plm_ctx {
     float *x, *h, *tmp, *q, *a, *kv, *qlat, *clat, *att, *ff;   // latent cache: qlat and clat point into ff
     // per-thread scratch
     int nth;
-    // W_kb,h^T of the head being worked on, float32 [R x nope] per thread, for the absorbed query (latent cache)
+    // W_kb,h of the head being worked on, dequantized to float32 [nope x R] per thread, for the absorbed query of
+    // several rows with quantized kv_b (latent cache)
     float *wkbt;
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
@@ -555,10 +556,6 @@ static void attn_task(void *arg, int ith, int nth) {
     }
 }
 
-// Latent-cache attention for many query rows (prefill): consecutive rows of one sequence form blocks of up to
-// PLM_QBLOCK rows, and the block's rows x heads are the rows of one scores GEMM and one mix GEMM on the cache rows
-// 0..nk-1 as stored (nk: the block's last key). A row's keys past its own slot are masked (causal). Blocks go to the
-// threads in snake order (0 1 1 0 ...), which balances the causal blocks' growing cost.
 // The largest of n > 0 scores (-inf when all are masked). Eight independent maxima instead of one chain, since a
 // compare-and-select per key on one running maximum costs its latency per key (16 heads x 2000 keys per layer at
 // depth 4096). A NaN score (never produced from finite weights) is skipped, so the result is always one of the
@@ -573,6 +570,10 @@ static float row_max(const float *v, int64_t n) {
     return m[0];
 }
 
+// Latent-cache attention for many query rows (prefill): consecutive rows of one sequence form blocks of up to
+// PLM_QBLOCK rows, and the block's rows x heads are the rows of one scores GEMM and one mix GEMM on the cache rows
+// 0..nk-1 as stored (nk: the block's last key). A row's keys past its own slot are masked (causal). Blocks go to the
+// threads in snake order (0 1 1 0 ...), which balances the causal blocks' growing cost.
 struct lblock_job {
     peri_context *c;
     int64_t layer, n_rows;
@@ -855,6 +856,10 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
     int64_t n_blocks = 0;
     for (int64_t n0 = 0; n0 < N; n0 = lblock_end(x, n0, N)) n_blocks++;
     const bool use_blocks = n_blocks >= 4 * (int64_t)x->nth;
+    // One-row decode with enough keys to split them over the threads: in one run when the token's own key is visible
+    // (so every head has a visible key) and no probabilities are kept, else in four phases.
+    const bool ksplit = !x->full && N == 1 && x->row_slot[0] >= 64;
+    const bool kfused = ksplit && !x->probs && x->valid[x->row_seq[0] * nctx + x->row_slot[0]];
 
     for (int64_t l = 0; l < p->n_layer; l++) {
         const struct plm_layer *L = &p->layers[l];
@@ -895,13 +900,10 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 }
             }
         }
-        // One-row decode with enough keys to split: one run when the token's own key is visible (so every head
-        // has a visible key) and no probabilities are kept, else the four phases.
-        const bool kfused = !x->full && N == 1 && !x->probs && x->valid[x->row_seq[0] * nctx + x->row_slot[0]];
-        if (!x->full && N == 1 && x->row_slot[0] >= 64 && kfused) {
+        if (kfused) {
             struct kattn_job kj = {c, l, 4};
             peri_pool_run(c->pool, kattn_task, &kj);
-        } else if (!x->full && N == 1 && x->row_slot[0] >= 64) {
+        } else if (ksplit) {
             for (int ph = 0; ph < 4; ph++) {
                 struct kattn_job kj = {c, l, ph};
                 peri_pool_run(c->pool, kattn_task, &kj);
@@ -914,7 +916,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             peri_pool_run(c->pool, attn_task, &job);
         }
         if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
-            struct heads_job hj = {c, L, N, 1, kfused && x->row_slot[0] >= 64};
+            struct heads_job hj = {c, L, N, 1, kfused};
             peri_pool_run(c->pool, heads_task, &hj);
         }
         if (cb) emit_attn(c, (int)l, b->n_seq, T);
