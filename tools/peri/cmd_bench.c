@@ -34,7 +34,7 @@ static int64_t peak_rss_bytes(void) {
 
 struct bench_test {
     long n_prompt, n_gen, n_depth;
-    double *samples_ts;   // [reps]
+    double *samples_ts, *samples_ns;   // [reps] each
     double avg_ts, stddev_ts, avg_ns, stddev_ns;
     int64_t peak_rss;
     char when[32];        // UTC start, as llama-bench's test_time
@@ -58,6 +58,16 @@ static double run_once(peri_context *c, const peri_token *ids, const struct benc
             if (feed(c, ids + t->n_depth + i, 1) != PERI_OK) return -1;
     }
     return now_s() - t0;
+}
+
+// Mean and sample standard deviation (n - 1, as llama-bench) of v[0..n).
+static void mean_sd(const double *v, long n, double *mean, double *sd) {
+    double m = 0, q = 0;
+    for (long i = 0; i < n; i++) m += v[i];
+    m /= (double)n;
+    for (long i = 0; i < n; i++) q += (v[i] - m) * (v[i] - m);
+    *mean = m;
+    *sd = n > 1 ? sqrt(q / (double)(n - 1)) : 0.0;
 }
 
 static void test_name(const struct bench_test *t, char *buf, size_t n) {
@@ -161,7 +171,11 @@ int peri_cmd_bench(int argc, char **argv) {
     if (n_p > 0) tests[n_tests++] = (struct bench_test){.n_prompt = n_p, .n_depth = depth};
     if (n_g > 0) tests[n_tests++] = (struct bench_test){.n_gen = n_g, .n_depth = depth};
     bool oom = !ids;
-    for (int i = 0; i < n_tests; i++) oom |= !(tests[i].samples_ts = calloc((size_t)reps, sizeof(double)));
+    for (int i = 0; i < n_tests; i++) {
+        tests[i].samples_ts = calloc((size_t)reps, sizeof(double));
+        tests[i].samples_ns = calloc((size_t)reps, sizeof(double));
+        oom |= !tests[i].samples_ts || !tests[i].samples_ns;
+    }
     int rc = 0;
     if (oom) rc = cli_error(cmd, "out of memory");
     for (long i = 0; !rc && i < n_ctx; i++) ids[i] = (peri_token)((i * 7919 + 13) % V);
@@ -179,27 +193,16 @@ int peri_cmd_bench(int argc, char **argv) {
         struct tm tmv;
         gmtime_r(&now, &tmv);
         strftime(t->when, sizeof t->when, "%Y-%m-%dT%H:%M:%SZ", &tmv);
-        double sum_ts = 0, sum_ns = 0;
+        const long tokens = t->n_prompt > 0 ? t->n_prompt : t->n_gen;
         for (long r = 0; r < reps; r++) {
-            double s = run_once(c, ids, t);
-            if (s < 0) { rc = cli_lib_error(cmd, t->n_prompt > 0 ? "prefill failed" : "decode failed"); break; }
-            const long tokens = t->n_prompt > 0 ? t->n_prompt : t->n_gen;
-            t->samples_ts[r] = tokens / s;
-            sum_ts += t->samples_ts[r];
-            sum_ns += s * 1e9;
+            double sec = run_once(c, ids, t);
+            if (sec < 0) { rc = cli_lib_error(cmd, t->n_prompt > 0 ? "prefill failed" : "decode failed"); break; }
+            t->samples_ts[r] = tokens / sec;
+            t->samples_ns[r] = sec * 1e9;
         }
         if (rc) break;
-        t->avg_ts = sum_ts / reps;
-        t->avg_ns = sum_ns / reps;
-        double v_ts = 0, v_ns = 0;
-        for (long r = 0; r < reps; r++) {
-            const long tokens = t->n_prompt > 0 ? t->n_prompt : t->n_gen;
-            v_ts += (t->samples_ts[r] - t->avg_ts) * (t->samples_ts[r] - t->avg_ts);
-            double ns = tokens / t->samples_ts[r] * 1e9;
-            v_ns += (ns - t->avg_ns) * (ns - t->avg_ns);
-        }
-        t->stddev_ts = reps > 1 ? sqrt(v_ts / (double)(reps - 1)) : 0.0;   // sample deviation, as llama-bench
-        t->stddev_ns = reps > 1 ? sqrt(v_ns / (double)(reps - 1)) : 0.0;
+        mean_sd(t->samples_ts, reps, &t->avg_ts, &t->stddev_ts);
+        mean_sd(t->samples_ns, reps, &t->avg_ns, &t->stddev_ns);
         t->peak_rss = peak_rss_bytes();
     }
     const int64_t size = peri_model_decode_bytes(m);
@@ -231,7 +234,7 @@ int peri_cmd_bench(int argc, char **argv) {
                 printf("%s: %.0f%% of the bound\n", name, 100.0 * tests[i].avg_ts / (bw * 1e9 / (double)size));
             }
     }
-    for (int i = 0; i < n_tests; i++) free(tests[i].samples_ts);
+    for (int i = 0; i < n_tests; i++) free(tests[i].samples_ts), free(tests[i].samples_ns);
     free(ids);
     peri_context_free(c);
     peri_model_free(m);
