@@ -140,7 +140,8 @@ static void test_get_row_level(void) {
     for (int type = 0; type < PERI_TYPE_COUNT; type++) {
         const struct peri_type_traits *tt = peri_type_traits(type);
         if (!tt || !tt->supported || !tt->to_float || !tt->from_float) continue;
-        const int64_t K = tt->blck_size > 1 ? 3 * 256 : 3 * 256 + 5, M = 4; // odd for the vector tails
+        // odd for the vector tails; 3 blocks of the 512-value load-time layouts, 6 of the K-quants
+        const int64_t K = tt->blck_size > 1 ? 3 * 512 : 3 * 256 + 5, M = 4;
         const size_t rs = peri_row_size(type, K);
         float *src = malloc(sizeof(float) * (size_t)(M * K)), *a = malloc(sizeof(float) * (size_t)K),
               *b = malloc(sizeof(float) * (size_t)K);
@@ -176,6 +177,8 @@ static void test_get_row_level(void) {
         for (size_t i = 0; i < sizeof simd_types / sizeof simd_types[0]; i++)
             if (type == simd_types[i] && peri_kernels_level() != PERI_KERNELS_REF)
                 CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
+        if (type == PERI_TYPE_Q4_0_X16 && peri_kernels_has_mm(type)) // where the layout is made
+            CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
 #endif
         free(src), free(a), free(b), free(w);
     }
@@ -294,8 +297,10 @@ static void test_qdot_level(void) {
         const struct peri_mm_kernel *e = &ks->mm[type];
         int simd = e->fn && e->x_type != PERI_TYPE_F32;
 #if defined(__x86_64__)
-        // every type with an integer reference has an x86 kernel (a missing table entry would pass unnoticed)
-        if (peri_kernels_level() != PERI_KERNELS_REF) CHECKF(simd, "%s at %s: no integer kernel", tt->name, lvl);
+        // every type with an integer reference has an x86 kernel (a missing table entry would pass unnoticed); the
+        // load-time layouts exist only where their kernel does (peri_repack_type's caller checks)
+        if (peri_kernels_level() != PERI_KERNELS_REF && (type != PERI_TYPE_Q4_0_X16 || peri_kernels_level() == PERI_KERNELS_AVX512VNNI))
+            CHECKF(simd, "%s at %s: no integer kernel", tt->name, lvl);
 #endif
         if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);
         int ok_simd = 1, ok_ref = 1;

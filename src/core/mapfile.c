@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,18 @@ int peri_mapfile_open(peri_mapfile *f, const char *path, bool use_mmap) {
     }
     close(fd);
     f->data = buf;
+    return PERI_OK;
+}
+
+int peri_mapfile_writable(peri_mapfile *f, size_t off, size_t len) {
+    if (off > f->size || len > f->size - off) return peri_fail(PERI_E_ARG, "'%s': bytes %zu+%zu are outside the file", f->path, off, len);
+    if (!f->mapped || len == 0) return PERI_OK;
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t page = pg > 0 ? (size_t)pg : 4096;
+    uintptr_t a = (uintptr_t)(f->data + off), lo = a / page * page, hi = (a + len + page - 1) / page * page;
+    if (mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE) != 0)
+        return peri_fail(PERI_E_IO, "'%s': cannot make the mapping writable for repacking (%s); load with use_mmap "
+                         "off or without repacking (--no-repack)", f->path, strerror(errno));
     return PERI_OK;
 }
 

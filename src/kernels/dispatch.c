@@ -82,6 +82,10 @@ const struct peri_kernel_set *peri_kernels_current(void) {
     return atomic_load_explicit(&g_cur, memory_order_acquire);
 }
 
+bool peri_kernels_has_mm(int type) {
+    return type >= 0 && type < PERI_TYPE_COUNT && peri_kernels_current()->mm[type].fn != NULL;
+}
+
 bool peri_kernels_supported(int level) {
     pthread_once(&g_once, kernels_init);
     return level >= 0 && level < PERI_KERNELS_LEVELS && g_sets[level];
@@ -181,6 +185,7 @@ struct mm_job {
     const float *bias;
     float *wbuf;            // generic path: per-thread float rows from the pool's scratch (NULL: stack)
     int64_t wbuf_rows;      // rows of K floats per thread in wbuf
+    atomic_long next_unit;  // decode: the next unit of the shared tail (mm_task)
 };
 
 static void mm_generic_rows(const struct mm_job *j, int64_t lo, int64_t hi, float *buf, int64_t rows) {
@@ -217,14 +222,7 @@ static void mm_generic(const struct mm_job *j, int64_t lo, int64_t hi, int ith) 
     mm_generic_rows(j, lo, hi, buf, rows < PERI_MM_GENERIC_ROWS ? rows : PERI_MM_GENERIC_ROWS);
 }
 
-static void mm_task(void *arg, int ith, int nth) {
-    const struct mm_job *j = arg;
-    // Split rows in units of row_align so each thread's range starts on a tile boundary.
-    int64_t align = j->ks->row_align > 0 ? j->ks->row_align : 1;
-    int64_t units = (j->M + align - 1) / align;
-    long ulo, uhi;
-    peri_split((long)units, ith, nth, &ulo, &uhi);
-    int64_t lo = ulo * align, hi = uhi * align;
+static void mm_rows(struct mm_job *j, int64_t lo, int64_t hi, int ith) {
     if (hi > j->M) hi = j->M;
     if (lo >= hi) return;
     if (j->fn)
@@ -232,6 +230,35 @@ static void mm_task(void *arg, int ith, int nth) {
               j->bias ? j->bias + lo : NULL);
     else
         mm_generic(j, lo, hi, ith);
+}
+
+// Units of the decode tail per thread (see mm_task).
+#define PERI_MM_TAIL_UNITS 4
+
+static void mm_task(void *arg, int ith, int nth) {
+    struct mm_job *j = arg;
+    // Split rows in units of row_align so each thread's range starts on a tile boundary.
+    int64_t align = j->ks->row_align > 0 ? j->ks->row_align : 1;
+    int64_t units = (j->M + align - 1) / align;
+    long ulo, uhi;
+    if (nth > 1 && j->n <= 4 && units >= 64 * nth) {
+        // Decode is bound by memory: equal shares finish at different times when the cores run at different
+        // speeds (a shared machine), and the early thread would wait. Each thread takes 3/4 of an equal share
+        // as one range (long runs of rows for the hardware prefetchers), then units of the last quarter go to
+        // whichever thread is free, in a fixed number of pieces.
+        const long tail = (long)units / 4, head = (long)units - tail, piece = (tail + nth * PERI_MM_TAIL_UNITS - 1) / (nth * PERI_MM_TAIL_UNITS);
+        peri_split(head, ith, nth, &ulo, &uhi);
+        mm_rows(j, ulo * align, uhi * align, ith);
+        for (;;) {
+            long u = atomic_fetch_add_explicit(&j->next_unit, piece, memory_order_relaxed);
+            if (u >= tail) break;
+            long e = u + piece < tail ? u + piece : tail;
+            mm_rows(j, (head + u) * align, (head + e) * align, ith);
+        }
+        return;
+    }
+    peri_split((long)units, ith, nth, &ulo, &uhi);
+    mm_rows(j, ulo * align, uhi * align, ith);
 }
 
 static void mm_run(peri_pool *pool, struct mm_job *j) {

@@ -85,6 +85,8 @@ enum peri_kernel_level {
     PERI_KERNELS_LEVELS,
 };
 bool peri_kernels_supported(int level);
+// Whether the current level has its own matmul kernel for a weight type (load-time layouts are made only then).
+bool peri_kernels_has_mm(int type);
 int peri_kernels_set_level(int level);   // PERI_OK, or PERI_E_UNSUPPORTED (level unchanged)
 int peri_kernels_level(void);
 const char *peri_kernels_level_name(int level);

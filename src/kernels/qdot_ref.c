@@ -3,6 +3,7 @@
 // SIMD and reference differ only in the order of the float additions of the scaled block sums.
 #include "kernels/kernels_impl.h"
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 static inline float f16(peri_half h) { return peri_f16_to_f32(h); }
 
@@ -30,6 +31,23 @@ static float qdot_q4_0(const void *wv, const void *xv, int64_t K) {
             is += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
         }
         s += (float)is * (f16(w[b].d) * f16(x[b].d));
+    }
+    return s;
+}
+
+// Q4_0's sums over the rearranged bytes: block j of a group has its scale at d[j] and its codes at qs[16 j].
+static float qdot_q4_0_x16(const void *wv, const void *xv, int64_t K) {
+    const block_q4_0_x16 *w = wv;
+    const block_q8_0 *x = xv;
+    float s = 0;
+    for (int64_t b = 0; b < K / QK4_0; b++) {
+        const uint8_t *q = w[b / 16].qs + 16 * (b % 16);
+        int32_t is = 0;
+        for (int j = 0; j < 16; j++) {
+            is += ((q[j] & 0xF) - 8) * x[b].qs[j];
+            is += ((q[j] >> 4) - 8) * x[b].qs[j + 16];
+        }
+        s += (float)is * (f16(w[b / 16].d[b % 16]) * f16(x[b].d));
     }
     return s;
 }
@@ -225,6 +243,7 @@ static const struct peri_qdot g_qdot_ref[PERI_TYPE_COUNT] = {
     [PERI_TYPE_Q5_1] = {PERI_TYPE_Q8_1, qdot_q5_1}, [PERI_TYPE_Q2_K] = {PERI_TYPE_Q8_K, qdot_q2_K},
     [PERI_TYPE_Q3_K] = {PERI_TYPE_Q8_K, qdot_q3_K}, [PERI_TYPE_Q4_K] = {PERI_TYPE_Q8_K, qdot_q4_K},
     [PERI_TYPE_Q5_K] = {PERI_TYPE_Q8_K, qdot_q5_K}, [PERI_TYPE_Q6_K] = {PERI_TYPE_Q8_K, qdot_q6_K},
+    [PERI_TYPE_Q4_0_X16] = {PERI_TYPE_Q8_0, qdot_q4_0_x16},
 };
 
 const struct peri_qdot *peri_qdot_ref(int wtype) {

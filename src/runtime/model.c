@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "tensor/repack.h"
 #include "tokenizers/tokenizer.h"
 
 #include <stdarg.h>
@@ -39,7 +40,7 @@ void peri_sb_printf(peri_strbuf *sb, const char *fmt, ...) {
 }
 
 struct peri_model_params peri_model_default_params(void) {
-    return (struct peri_model_params){.n_threads = 0, .use_mmap = true};
+    return (struct peri_model_params){.n_threads = 0, .use_mmap = true, .use_repack = true};
 }
 
 void *peri_model_alloc(peri_model *m, size_t bytes) {
@@ -112,6 +113,26 @@ int peri_model_get_f32(peri_model *m, const char *name, int n_dims, const int64_
     return *out ? PERI_OK : PERI_E_NOMEM;
 }
 
+// Load-time layouts (tensor/repack.h): each GGUF weight whose type has one that the current kernel level computes
+// with is rewritten in place, before the architecture binds its weights. Row sizes do not change.
+static int repack_weights(peri_model *m) {
+    peri_gguf *g = m->w.gguf;
+    if (!m->params.use_repack || !g) return PERI_OK;
+    for (int i = 0; i < m->w.n_tensors; i++) {
+        peri_tensor *t = (peri_tensor *)m->w.tensors[i]; // the GGUF's own tensor table
+        if (t->n_dims < 2) continue;
+        const int64_t K = t->shape[t->n_dims - 1], rows = peri_tensor_nelem(t) / K;
+        const int nt = peri_repack_type(t->type, K);
+        if (nt < 0 || !peri_kernels_has_mm(nt)) continue;
+        const size_t off = (size_t)((const unsigned char *)t->data - g->file.data);
+        int rc = peri_mapfile_writable(&g->file, off, t->nbytes);
+        if (!rc) rc = peri_repack_rows(t->type, (void *)t->data, K, rows);
+        if (rc) return peri_fail_prefix(rc, "repacking '%s': ", t->name);
+        t->type = nt;
+    }
+    return PERI_OK;
+}
+
 int peri_model_load(const char *path, struct peri_model_params params, peri_model **out) {
     *out = NULL;
     if (!path || !*path) return peri_fail(PERI_E_ARG, "no model path given");
@@ -129,7 +150,8 @@ int peri_model_load(const char *path, struct peri_model_params params, peri_mode
         return peri_fail(PERI_E_UNSUPPORTED, "'%s': not a model peri knows: its config's model_type (or GGUF "
                          "general.architecture) must be 'pldrllm' or 'plm'", path);
     }
-    rc = peri_heads_detect(m);
+    rc = repack_weights(m);
+    if (!rc) rc = peri_heads_detect(m);
     if (!rc) rc = m->ops->load(m);
     if (!rc) rc = peri_heads_bind(m);
     if (rc) {

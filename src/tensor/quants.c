@@ -1,6 +1,7 @@
 // 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1): ggml's reference (de)quantization, and the
 // registration of every quantized type's kernels in the traits table.
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 #include <float.h>
 #include <math.h>
@@ -260,6 +261,7 @@ void peri_quant_traits_fill(struct peri_type_traits *table, int n) {
         Q(Q2_K, q2_K, QK_K, block_q2_K),  Q(Q3_K, q3_K, QK_K, block_q3_K),
         Q(Q4_K, q4_K, QK_K, block_q4_K),  Q(Q5_K, q5_K, QK_K, block_q5_K),
         Q(Q6_K, q6_K, QK_K, block_q6_K),  Q(Q8_K, q8_K, QK_K, block_q8_K),
+        Q(Q4_0_X16, q4_0_x16, QK4_0_X16, block_q4_0_x16), // load-time layout (repack.c)
 #undef Q
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {

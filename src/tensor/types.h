@@ -45,6 +45,7 @@ enum peri_type {
     PERI_TYPE_MXFP4 = 39,
     PERI_TYPE_BOOL = 40,   // peri-only (safetensors BOOL; never written to GGUF)
     PERI_TYPE_U8 = 41,     // peri-only (safetensors U8)
+    PERI_TYPE_Q4_0_X16 = 42, // peri-only: Q4_0 repacked at load for the kernels (tensor/repack.h); never in a file
     PERI_TYPE_COUNT,
 };
 

@@ -21,7 +21,9 @@ int peri_cmd_inspect(int argc, char **argv) {
     }
     if (!path) return cli_error(cmd, "no model: usage: peri inspect MODEL");
     peri_model *m;
-    if (peri_model_load(path, peri_model_default_params(), &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
+    struct peri_model_params mp = peri_model_default_params();
+    mp.use_repack = false; // show the file's types (and do not spend the time)
+    if (peri_model_load(path, mp, &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
     int64_t need = -peri_model_describe(m, NULL, 0);
     char *buf = need > 0 ? malloc((size_t)need) : NULL;
     if (!buf || peri_model_describe(m, buf, (size_t)need) < 0) {

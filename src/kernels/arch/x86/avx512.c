@@ -2,6 +2,7 @@
 #if defined(__x86_64__)
 #include "kernels/kernels_impl.h"
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -54,9 +55,10 @@ PERI_INLINE __m512 ld_w_mask(int wt, const char *w, int64_t k, __mmask16 m) {
 // y[r*ldy + c] = sum_k x[r][k] * w[c][k] + bias[c] for r < R, c < C.
 // Over k in [k0, k1): accumulators start at zero (first) or from sc[r*C + c], and end reduced into y
 // (when k1 == K) or back in sc, so that long rows can be cut into chunks whose weights stay in L1.
-PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
-                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first,
-                      const char *pf) {
+// (tile_ys: output c at y[c * ycs], for decode's rows taken from several streams.)
+PERI_INLINE void tile_ys(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
+                         size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first,
+                         const char *pf, int64_t ycs) {
     __m512 acc[TR][GEMV_ROWS];
     PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
         acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps((const float *)&sc[r * C + c]);
@@ -89,7 +91,13 @@ PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *
         return;
     }
     PERI_UNROLL for (int r = 0; r < R; r++) PERI_UNROLL for (int c = 0; c < C; c++)
-        y[r * ldy + c] = _mm512_reduce_add_ps(acc[r][c]) + (bias ? bias[c] : 0.0f);
+        y[r * ldy + c * ycs] = _mm512_reduce_add_ps(acc[r][c]) + (bias ? bias[c * ycs] : 0.0f);
+}
+
+PERI_INLINE void tile(int wt, int R, int C, float *y, int64_t ldy, const float *x, int64_t ldx, const char *w,
+                      size_t ws, int64_t k0, int64_t k1, int64_t K, const float *bias, __m512 *sc, int first,
+                      const char *pf) {
+    tile_ys(wt, R, C, y, ldy, x, ldx, w, ws, k0, k1, K, bias, sc, first, pf, 1);
 }
 
 // x rows per block of the prefill loop: 32 rows of up to ~16k floats stay in L2 while this thread's weight
@@ -106,6 +114,13 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
     const int pf_ok = wt == PERI_TYPE_F32 || wt == PERI_TYPE_F16 || wt == PERI_TYPE_BF16;
     if (n == 1) {
         int64_t j = 0;
+        if (m >= 4 * GEMV_ROWS) { // GEMV_ROWS streams (see qgemv_vnni.inc)
+            const int64_t Q = m / GEMV_ROWS;
+            for (; j < Q; j++)
+                tile_ys(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws * (size_t)Q, 0, K, K, B(j), NULL, 1,
+                        pf_ok && j + 2 < Q ? w + (j + 1) * ws : NULL, Q);
+            j = Q * GEMV_ROWS;
+        }
         for (; j + GEMV_ROWS <= m; j += GEMV_ROWS)
             tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1,
                  pf_ok && j + 2 * GEMV_ROWS <= m ? w + (j + GEMV_ROWS) * ws : NULL);
@@ -435,6 +450,21 @@ static void deq_q4_0(const void *src, float *y, int64_t n) {
     }
 }
 
+static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
+    const block_q4_0_x16 *x = src;
+    const __m512i m4 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
+    for (int64_t g = 0; g < n / QK4_0_X16; g++) {
+        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)x[g].d));
+        PERI_UNROLL for (int j = 0; j < 16; j++, y += QK4_0) {
+            const __m512 d = _mm512_permutexvar_ps(_mm512_set1_epi32(j), d16);
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[g].qs + 16 * j)));
+            __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, m4), c8), hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8);
+            _mm512_storeu_ps(y, _mm512_mul_round_ps(_mm512_cvtepi32_ps(lo), d, RN));
+            _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), d, RN));
+        }
+    }
+}
+
 static void deq_q4_K(const void *src, float *y, int64_t n) {
     const block_q4_K *x = src;
     const __m512i m4 = _mm512_set1_epi32(15);
@@ -612,7 +642,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .sum8 = sum8,
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
-                 [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
+                 [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q5_K] = deq_q5_K},
 };
 

@@ -3,6 +3,7 @@
 #if defined(__x86_64__)
 #include "kernels/kernels_impl.h"
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -34,6 +35,7 @@ const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {
     // (qgemm_vnni.inc); the rest as the other levels
     [PERI_TYPE_Q8_0] = {gb_q8_0, PERI_TYPE_Q8_0},
     [PERI_TYPE_Q4_0] = {gb_q4_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_0_X16] = {gb_q4_0_x16, PERI_TYPE_Q8_0},
     [PERI_TYPE_Q4_K] = {gb_q4_K, PERI_TYPE_Q8_K},
     [PERI_TYPE_Q6_K] = {gb_q6_K, PERI_TYPE_Q8_K},
 };
