@@ -184,6 +184,56 @@ static void test_get_row_level(void) {
     }
 }
 
+// peri_matmul_nn with C rows of a block type (m a multiple of the block size, rows longer than m), against a float64
+// sum over the reference dequantizer's values, and against peri_matmul_nn_ref; y's padding must stay untouched.
+static void test_matmul_nn_blocks(int type) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    const struct peri_type_traits *tt = peri_type_traits(type);
+    const int64_t B = tt->blck_size;
+    static const int64_t shapes[][4] = {{1, 1, 1, 1}, {128, 16, 1, 16}, {128, 16, 3, 17}, {7, 1, 4, 3}, {33, 9, 2, 9},
+                                        {5, 40, 1, 48}}; // K, m and the row length in units of 32 values, n
+    int bad = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
+        const int64_t K = shapes[si][0], n = shapes[si][2];
+        int64_t m = shapes[si][1] * 32, cw = shapes[si][3] * 32;
+        m = (m + B - 1) / B * B, cw = (cw + B - 1) / B * B;
+        if (cw < m) cw = m;
+        const int64_t ldx = K + irand(0, 5), ldy = m + irand(0, 5);
+        const size_t cs = peri_row_size(type, cw);
+        char *c = malloc(cs * (size_t)K);
+        float *row = malloc(sizeof(float) * (size_t)cw), *cf = malloc(sizeof(float) * (size_t)(K * cw));
+        float *x = malloc(sizeof(float) * (size_t)(n * ldx)), *y = malloc(sizeof(float) * (size_t)(n * ldy));
+        float *yr = malloc(sizeof(float) * (size_t)(n * ldy));
+        for (int64_t k = 0; k < K; k++) {
+            for (int64_t j = 0; j < cw; j++) row[j] = frand();
+            tt->from_float(row, c + (size_t)k * cs, cw);
+            tt->to_float(c + (size_t)k * cs, cf + k * cw, cw);
+        }
+        for (int64_t i = 0; i < n * ldx; i++) x[i] = frand();
+        for (int64_t i = 0; i < n * ldy; i++) y[i] = yr[i] = 12345.0f;
+        peri_matmul_nn(y, ldy, x, ldx, type, c, cs, K, m, n);
+        peri_matmul_nn_ref(yr, ldy, x, ldx, type, c, cs, K, m, n);
+        for (int64_t i = 0; i < n && !bad; i++)
+            for (int64_t j = 0; j < ldy && !bad; j++) {
+                double ref = 0, mag = 0;
+                for (int64_t k = 0; k < K && j < m; k++) {
+                    ref += (double)x[i * ldx + k] * cf[k * cw + j];
+                    mag += fabs((double)x[i * ldx + k] * cf[k * cw + j]);
+                }
+                if (j >= m) ref = 12345.0;
+                double tol = j < m ? 1e-6 * (mag + 1e-30) * 4 : 0;
+                double got = y[i * ldy + j], gr = yr[i * ldy + j];
+                if (!(fabs(got - ref) <= tol) || !(fabs(gr - ref) <= tol)) {
+                    fprintf(stderr, "matmul_nn %s %s K=%lld m=%lld n=%lld: y[%lld][%lld] = %.9g, ref %.9g, float64 %.9g\n",
+                            lvl, tt->name, (long long)K, (long long)m, (long long)n, (long long)i, (long long)j, got, gr, ref);
+                    bad = 1;
+                }
+            }
+        free(c), free(row), free(cf), free(x), free(y), free(yr);
+    }
+    CHECKF(!bad, "matmul_nn %s at level %s", tt->name, lvl);
+}
+
 // peri_matmul_nn (y = x C, C as stored rows) against a float64 sum, per type, with strided rows and shapes that
 // cross the GEMM's tiles (12, 6 or 8 rows), 32-, 16- or 12-column panels, 288-, 48- or 128-row blocks (AVX-512,
 // AVX2, NEON) and 512-long K chunks.
@@ -191,9 +241,16 @@ static void test_matmul_nn_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
                                         {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300}};
-    const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16};
+    // block types: their own kernel (AVX-512: Q8_0, Q4_0, Q4_0_X16) or the generic path (dequantize + axpy)
+    const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,
+                         PERI_TYPE_Q4_K};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int type = types[ti];
+        const struct peri_type_traits *tt = peri_type_traits(type);
+        if (tt->blck_size > 1) {
+            test_matmul_nn_blocks(type);
+            continue;
+        }
         const size_t esz = type == PERI_TYPE_F32 ? 4 : 2;
 #if defined(__x86_64__) || defined(__aarch64__)
         // every SIMD level has the GEMM's entry (a missing one would silently test the reference against itself)

@@ -144,10 +144,29 @@ void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type
                     int64_t m, int64_t n) {
     if (K <= 0 || m <= 0 || n <= 0) return;
     const struct peri_kernel_set *ks = peri_kernels_current();
-    if ((type == PERI_TYPE_F32 || type == PERI_TYPE_F16 || type == PERI_TYPE_BF16) && ks->mm_nn[type])
+    if (type < 0 || type >= PERI_TYPE_COUNT) return;
+    if (ks->mm_nn[type]) {
         ks->mm_nn[type](y, ldy, x, ldx, c, cs, K, m, n);
-    else
+        return;
+    }
+    const struct peri_type_traits *tt = peri_type_traits(type);
+    if (type == PERI_TYPE_F32 || type == PERI_TYPE_F16 || type == PERI_TYPE_BF16 || !tt || !tt->to_float || !ks->axpy) {
         peri_matmul_nn_ref(y, ldy, x, ldx, type, c, cs, K, m, n);
+        return;
+    }
+    // A block type without a kernel: each C row converted once per chunk of columns by the level's dequantizer,
+    // then added to every y row with the level's axpy.
+    peri_to_float_fn to_float = ks->to_float[type] ? ks->to_float[type] : tt->to_float;
+    _Alignas(64) float buf[PERI_NN_CHUNK];
+    for (int64_t j0 = 0; j0 < m; j0 += PERI_NN_CHUNK) {
+        const int64_t w = m - j0 < PERI_NN_CHUNK ? m - j0 : PERI_NN_CHUNK;
+        const size_t off = peri_row_size(type, j0);
+        for (int64_t i = 0; i < n; i++) memset(y + i * ldy + j0, 0, sizeof(float) * (size_t)w);
+        for (int64_t k = 0; k < K; k++) {
+            to_float((const char *)c + (size_t)k * cs + off, buf, w);
+            for (int64_t i = 0; i < n; i++) ks->axpy(y + i * ldy + j0, x[i * ldx + k], buf, w);
+        }
+    }
 }
 
 void peri_get_row(const peri_tensor *W, int64_t r, float *out) {

@@ -21,9 +21,11 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
 void peri_matmul_ex_ref(peri_pool *pool, float *y, int64_t ldy, const float *x, int64_t ldx, const peri_tensor *W,
                         int64_t row0, int64_t M, const float *bias, int64_t n);
 
-// y[n x m] (rows ldy apart) = x[n x K] (rows ldx apart) . C[K x m], C stored as K rows of `type` (F32, F16 or
-// BF16) cs bytes apart, only their first m values used: the product with the second operand as stored (not
-// transposed), e.g. attention probabilities times cache rows. Runs on the caller (no pool); allocates nothing.
+// y[n x m] (rows ldy apart) = x[n x K] (rows ldx apart) . C[K x m], C stored as K rows of `type` (F32, F16, BF16,
+// or a block type with m a multiple of its block size) cs bytes apart, only their first m values used: the product
+// with the second operand as stored (not transposed), e.g. attention probabilities times cache rows, or a query
+// times a head's rows of a weight. Runs on the caller (no pool); allocates nothing.
+#define PERI_NN_CHUNK 1024 // columns of a block-type C converted at a time (a multiple of every block size)
 void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs, int64_t K,
                     int64_t m, int64_t n);
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,

@@ -93,6 +93,23 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
 
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
                         int64_t K, int64_t m, int64_t n) {
+    const struct peri_type_traits *tt = peri_type_traits(type);
+    if (type != PERI_TYPE_F32 && type != PERI_TYPE_F16 && type != PERI_TYPE_BF16) {
+        // block types: the reference dequantizer, a chunk of columns at a time
+        float buf[PERI_NN_CHUNK];
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < m; j++) y[i * ldy + j] = 0.0f;
+        if (!tt || !tt->to_float) return;
+        for (int64_t j0 = 0; j0 < m; j0 += PERI_NN_CHUNK) {
+            const int64_t w = m - j0 < PERI_NN_CHUNK ? m - j0 : PERI_NN_CHUNK;
+            for (int64_t k = 0; k < K; k++) {
+                tt->to_float((const char *)c + (size_t)k * cs + peri_row_size(type, j0), buf, w);
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t j = 0; j < w; j++) y[i * ldy + j0 + j] += x[i * ldx + k] * buf[j];
+            }
+        }
+        return;
+    }
     for (int64_t i = 0; i < n; i++) {
         float *yi = y + i * ldy;
         for (int64_t j = 0; j < m; j++) yi[j] = 0.0f;

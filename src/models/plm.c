@@ -731,26 +731,17 @@ static void heads_task(void *arg, int ith, int nth) {
     long lo, hi;
     peri_split((long)H, ith, nth, &lo, &hi);
     for (int64_t h = lo; h < hi; h++) {
-        if (!J->out && J->n_rows <= 4) {
-            // Decode: W_kb,h^T q_nope,h = sum over the head's nope rows d of q_nope[d] * row d (dequantized once).
-            float *row = x->rowbuf + (int64_t)ith * x->rowbuf_n;
-            for (int64_t i = 0; i < J->n_rows; i++)
-                memset(x->qlat + i * H * (R + rope) + h * (R + rope), 0, sizeof(float) * (size_t)R);
-            for (int64_t d = 0; d < nope; d++) {
-                peri_get_row(J->L->wkvb, h * (nope + vd) + d, row);
-                for (int64_t i = 0; i < J->n_rows; i++)
-                    peri_axpy(x->qlat + i * H * (R + rope) + h * (R + rope), x->q[i * H * dk + h * dk + d], row, R);
-            }
-        } else if (!J->out) {
+        if (!J->out) {
             // q_lat,h = q_nope,h W_kb,h, where W_kb,h is the head's nope rows of kv_b ([nope x R] as stored): y = x C.
-            // Float weights are used in place; quantized ones are dequantized into the thread's scratch first.
+            // Float weights, and quantized ones for a few rows (decode), are used in place; for more rows quantized
+            // ones are dequantized into the thread's scratch first (peri_matmul_nn would convert them per x row).
             const peri_tensor *W = J->L->wkvb;
             const int64_t r0 = h * (nope + vd);
             const size_t rs = peri_row_size(W->type, R);
             const void *cw = (const char *)W->data + (size_t)r0 * rs;
             int ct = W->type;
             size_t cs = rs;
-            if (ct != PERI_TYPE_F32 && ct != PERI_TYPE_F16 && ct != PERI_TYPE_BF16) {
+            if (J->n_rows > 4 && ct != PERI_TYPE_F32 && ct != PERI_TYPE_F16 && ct != PERI_TYPE_BF16) {
                 float *wt = x->wkbt + (int64_t)ith * R * nope;
                 for (int64_t d = 0; d < nope; d++) peri_get_row(W, r0 + d, wt + d * R);
                 cw = wt, ct = PERI_TYPE_F32, cs = sizeof(float) * (size_t)R;

@@ -465,6 +465,71 @@ static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
     }
 }
 
+// y = x C for quantized C (peri_matmul_nn; PLM's decode multiplies a head's 128 rows of W_kb this way): each x
+// row in strips of 256 columns held in 16 registers while all K rows of C pass; a block's scale is folded into its
+// x value once, and its codes become floats by a table lookup (Q4_0: vpermps on the nibble gives q - 8, as the
+// permute reads only an index's low 4 bits) or a widening convert (Q8_0). m is a multiple of 32.
+PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
+                         int64_t K, int64_t m, int64_t n) {
+    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * ldx;
+        float *yi = y + i * ldy;
+        for (int64_t j0 = 0; j0 < m; j0 += 256) {
+            const int nb = (int)((m - j0 < 256 ? m - j0 : 256) / 32);
+            __m512 acc[16];
+            PERI_UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k++) {
+                const char *row = (const char *)c + (size_t)k * cs;
+                const float a = xi[k];
+                PERI_UNROLL for (int b = 0; b < 8; b++) {
+                    if (b >= nb) break;
+                    const int64_t blk = j0 / 32 + b;
+                    float d;
+                    const uint8_t *q;
+                    if (wt == PERI_TYPE_Q8_0) {
+                        const block_q8_0 *bb = (const block_q8_0 *)row + blk;
+                        d = _cvtsh_ss(bb->d), q = (const uint8_t *)bb->qs;
+                    } else if (wt == PERI_TYPE_Q4_0) {
+                        const block_q4_0 *bb = (const block_q4_0 *)row + blk;
+                        d = _cvtsh_ss(bb->d), q = bb->qs;
+                    } else {
+                        const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + blk / 16;
+                        d = _cvtsh_ss(g->d[blk % 16]), q = g->qs + 16 * (blk % 16);
+                    }
+                    const __m512 f = _mm512_set1_ps(a * d);
+                    __m512 lo, hi;
+                    if (wt == PERI_TYPE_Q8_0) {
+                        lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+                        hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+                    } else {
+                        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+                        lo = _mm512_permutexvar_ps(v, tbl);
+                        hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl);
+                    }
+                    acc[2 * b] = _mm512_fmadd_ps(f, lo, acc[2 * b]);
+                    acc[2 * b + 1] = _mm512_fmadd_ps(f, hi, acc[2 * b + 1]);
+                }
+            }
+            PERI_UNROLL for (int b = 0; b < 8; b++) {
+                if (b >= nb) break;
+                _mm512_storeu_ps(yi + j0 + 32 * b, acc[2 * b]);
+                _mm512_storeu_ps(yi + j0 + 32 * b + 16, acc[2 * b + 1]);
+            }
+        }
+    }
+}
+
+#define MM_Q_NN(name, wt)                                                                                       \
+    static void name(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,  \
+                     int64_t m, int64_t n) {                                                                    \
+        mm_q_nn(wt, y, ldy, x, ldx, c, cs, K, m, n);                                                            \
+    }
+MM_Q_NN(mm_q8_0_nn, PERI_TYPE_Q8_0)
+MM_Q_NN(mm_q4_0_nn, PERI_TYPE_Q4_0)
+MM_Q_NN(mm_q4_0_x16_nn, PERI_TYPE_Q4_0_X16)
+#undef MM_Q_NN
+
 static void deq_q4_K(const void *src, float *y, int64_t n) {
     const block_q4_K *x = src;
     const __m512i m4 = _mm512_set1_epi32(15);
@@ -640,7 +705,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
-    .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
+    .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
+              [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn},
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
                  [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q5_K] = deq_q5_K},
