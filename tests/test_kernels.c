@@ -184,6 +184,29 @@ static void test_get_row_level(void) {
     }
 }
 
+// y[n x m] (rows ldy apart, padding up to ldy holding 12345) against the float64 sum of x (rows ldx apart) times
+// cf (K rows of ldc floats); 1 if every value is within 4e-6 of the sum of magnitudes and the padding is untouched.
+static int nn_matches(const char *what, int type, const float *y, int64_t ldy, const float *x, int64_t ldx,
+                      const float *cf, int64_t ldc, int64_t K, int64_t m, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < ldy; j++) {
+            double ref = 0, mag = 0;
+            for (int64_t k = 0; k < K && j < m; k++) {
+                ref += (double)x[i * ldx + k] * cf[k * ldc + j];
+                mag += fabs((double)x[i * ldx + k] * cf[k * ldc + j]);
+            }
+            double got = y[i * ldy + j], tol = j < m ? 1e-6 * (mag + 1e-30) * 4 : 0;
+            if (j >= m) ref = 12345.0;
+            if (!(fabs(got - ref) <= tol)) {
+                fprintf(stderr, "%s %s %s K=%lld m=%lld n=%lld: y[%lld][%lld] = %.9g, reference %.9g\n", what,
+                        peri_kernels_level_name(peri_kernels_level()), peri_type_name(type), (long long)K, (long long)m,
+                        (long long)n, (long long)i, (long long)j, got, ref);
+                return 0;
+            }
+        }
+    return 1;
+}
+
 // peri_matmul_nn with C rows of a block type (m a multiple of the block size, rows longer than m), against a float64
 // sum over the reference dequantizer's values, and against peri_matmul_nn_ref; y's padding must stay untouched.
 static void test_matmul_nn_blocks(int type) {
@@ -213,22 +236,8 @@ static void test_matmul_nn_blocks(int type) {
         for (int64_t i = 0; i < n * ldy; i++) y[i] = yr[i] = 12345.0f;
         peri_matmul_nn(y, ldy, x, ldx, type, c, cs, K, m, n);
         peri_matmul_nn_ref(yr, ldy, x, ldx, type, c, cs, K, m, n);
-        for (int64_t i = 0; i < n && !bad; i++)
-            for (int64_t j = 0; j < ldy && !bad; j++) {
-                double ref = 0, mag = 0;
-                for (int64_t k = 0; k < K && j < m; k++) {
-                    ref += (double)x[i * ldx + k] * cf[k * cw + j];
-                    mag += fabs((double)x[i * ldx + k] * cf[k * cw + j]);
-                }
-                if (j >= m) ref = 12345.0;
-                double tol = j < m ? 1e-6 * (mag + 1e-30) * 4 : 0;
-                double got = y[i * ldy + j], gr = yr[i * ldy + j];
-                if (!(fabs(got - ref) <= tol) || !(fabs(gr - ref) <= tol)) {
-                    fprintf(stderr, "matmul_nn %s %s K=%lld m=%lld n=%lld: y[%lld][%lld] = %.9g, ref %.9g, float64 %.9g\n",
-                            lvl, tt->name, (long long)K, (long long)m, (long long)n, (long long)i, (long long)j, got, gr, ref);
-                    bad = 1;
-                }
-            }
+        bad = !nn_matches("matmul_nn", type, y, ldy, x, ldx, cf, cw, K, m, n) ||
+              !nn_matches("matmul_nn_ref", type, yr, ldy, x, ldx, cf, cw, K, m, n);
         free(c), free(row), free(cf), free(x), free(y), free(yr);
     }
     CHECKF(!bad, "matmul_nn %s at level %s", tt->name, lvl);
@@ -279,22 +288,7 @@ static void test_matmul_nn_level(void) {
             for (int64_t i = 0; i < n * ldx; i++) x[i] = frand();
             for (int64_t i = 0; i < n * ldy; i++) y[i] = 12345.0f;   // the padding must stay untouched
             peri_matmul_nn(y, ldy, x, ldx, type, c, cs, K, m, n);
-            for (int64_t i = 0; i < n && !bad; i++)
-                for (int64_t j = 0; j < ldy && !bad; j++) {
-                    double ref = 0, mag = 0;
-                    for (int64_t k = 0; k < K && j < m; k++) {
-                        ref += (double)x[i * ldx + k] * cf[k * m + j];
-                        mag += fabs((double)x[i * ldx + k] * cf[k * m + j]);
-                    }
-                    double got = y[i * ldy + j], tol = j < m ? 1e-6 * (mag + 1e-30) * 4 : 0;
-                    if (j >= m) ref = 12345.0;
-                    if (!(fabs(got - ref) <= tol)) {
-                        fprintf(stderr, "matmul_nn %s %s K=%lld m=%lld n=%lld: y[%lld][%lld] = %.9g, reference %.9g\n", lvl,
-                                peri_type_name(type), (long long)K, (long long)m, (long long)n, (long long)i, (long long)j,
-                                got, ref);
-                        bad = 1;
-                    }
-                }
+            bad = !nn_matches("matmul_nn", type, y, ldy, x, ldx, cf, m, K, m, n);
             free(c), free(cf), free(x), free(y);
         }
         CHECKF(!bad, "matmul_nn %s at level %s", peri_type_name(type), lvl);
