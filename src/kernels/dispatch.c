@@ -251,8 +251,9 @@ static void mm_rows(struct mm_job *j, int64_t lo, int64_t hi, int ith) {
         mm_generic(j, lo, hi, ith);
 }
 
-// Units of the decode tail per thread (see mm_task).
+// Units of the decode tail per thread (see mm_task), and the most weight bytes in one.
 #define PERI_MM_TAIL_UNITS 4
+#define PERI_MM_TAIL_BYTES ((size_t)256 << 10)
 
 static void mm_task(void *arg, int ith, int nth) {
     struct mm_job *j = arg;
@@ -265,7 +266,12 @@ static void mm_task(void *arg, int ith, int nth) {
         // speeds (a shared machine), and the early thread would wait. Each thread takes 3/4 of an equal share
         // as one range (long runs of rows for the hardware prefetchers), then units of the last quarter go to
         // whichever thread is free, in a fixed number of pieces.
-        const long tail = (long)units / 4, head = (long)units - tail, piece = (tail + nth * PERI_MM_TAIL_UNITS - 1) / (nth * PERI_MM_TAIL_UNITS);
+        // Pieces of the tail: PERI_MM_TAIL_UNITS per thread, but at most PERI_MM_TAIL_BYTES of weights, so that the
+        // threads' finishing times differ by less than a piece even on the output matrix (hundreds of MB).
+        const long tail = (long)units / 4, head = (long)units - tail;
+        const long cap = (long)(PERI_MM_TAIL_BYTES / ((size_t)align * j->wstride));
+        long piece = (tail + nth * PERI_MM_TAIL_UNITS - 1) / (nth * PERI_MM_TAIL_UNITS);
+        if (piece > cap) piece = cap > 0 ? cap : 1;
         peri_split(head, ith, nth, &ulo, &uhi);
         mm_rows(j, ulo * align, uhi * align, ith);
         for (;;) {
