@@ -7,6 +7,7 @@
 #include "runtime/model.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -700,6 +701,7 @@ struct heads_job {
     int64_t n_rows;
     int out;                     // 0: absorbed queries, 1: latent mixes expanded by W_vb
     int combine;                 // with out: first combine the threads' partial mixes of kattn phase 4
+    atomic_int next_head;        // heads go to whichever thread is free (equal shares wait on a slower core)
 };
 
 // The latent mix of head h from the threads' partials of kattn phase 4: Σ_t w_t part_t / Σ_t w_t with
@@ -724,13 +726,12 @@ static void heads_combine(struct plm_ctx *x, int64_t H, int64_t R, int64_t h) {
 // The per-head products of the absorbed form, heads split over the threads: each head is one small
 // matmul over all rows (its own input slice and weight rows), run on this thread alone.
 static void heads_task(void *arg, int ith, int nth) {
-    const struct heads_job *J = arg;
+    struct heads_job *J = arg;
     struct plm_ctx *x = J->c->arch;
     const struct plm_model *p = J->c->model->arch;
     const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope;
-    long lo, hi;
-    peri_split((long)H, ith, nth, &lo, &hi);
-    for (int64_t h = lo; h < hi; h++) {
+    (void)nth;
+    for (int64_t h; (h = atomic_fetch_add_explicit(&J->next_head, 1, memory_order_relaxed)) < H;) {
         if (!J->out) {
             // q_lat,h = q_nope,h W_kb,h, where W_kb,h is the head's nope rows of kv_b ([nope x R] as stored): y = x C.
             // Float weights, and quantized ones for a few rows (decode), are used in place; for more rows quantized
@@ -874,7 +875,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                     memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
                            sizeof(float) * (size_t)rope);
             }
-            struct heads_job hj = {c, L, N, 0, 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
+            struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
             peri_pool_run(c->pool, heads_task, &hj);
         } else {
             peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
@@ -907,7 +908,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             peri_pool_run(c->pool, attn_task, &job);
         }
         if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
-            struct heads_job hj = {c, L, N, 1, kfused};
+            struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 1, .combine = kfused};
             peri_pool_run(c->pool, heads_task, &hj);
         }
         if (cb) emit_attn(c, (int)l, b->n_seq, T);
