@@ -364,6 +364,19 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
+#include "kernels/arch/x86/qgemv_avx2.inc"
+
+// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels.
+static void qv_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    if (n == 1) qv_gemv(PERI_TYPE_Q8_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
+    else qmm_q8_0(y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void qv_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    if (n == 1) qv_gemv(PERI_TYPE_Q4_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
+    else qmm_q4_0(y, ldy, x, xs, w, ws, K, m, n, bias);
+}
 
 // ---- weight rows as float32 (peri_get_row, peri_f16_to_f32_row, the generic matmul path) ------------------------
 // The same operations as the references in tensor/quants*.c, in the same order, so the values are bit for bit the
@@ -546,7 +559,8 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
-        QMM_ENTRIES,
+        [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
+        QMM_ENTRIES_MORE,
     },
     // Float activations, for exact mode (peri_kernels_set_exact): weights expanded to float in registers.
     .mm_exact = {

@@ -421,6 +421,19 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 #include "kernels/arch/x86/qgemm_vnni.inc"
+#include "kernels/arch/x86/qgemv_avx2.inc"
+
+// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through the 256-bit qgemv_avx2.inc, n > 1 as before.
+static void qv_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    if (n == 1) qv_gemv(PERI_TYPE_Q8_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
+    else qmm_q8_0(y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void qv_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    if (n == 1) qv_gemv(PERI_TYPE_Q4_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
+    else gb_q4_0(y, ldy, x, xs, w, ws, K, m, n, bias);
+}
 
 // ---- weight rows as float32 (peri_get_row) ------------------------------------------------------------------
 // The same operations as the references in tensor/quants*.c, one rounding each: products (and Q4_K's
@@ -684,8 +697,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         // Q4_0, Q4_K, Q6_K: n >= GB_MIN_N through the tiled GEMM (qgemm_vnni.inc without vpdpbusd), else
-        // the row kernels of the other types
-        [PERI_TYPE_Q8_0] = {qmm_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {gb_q4_0, PERI_TYPE_Q8_0},
+        // the row kernels of the other types; Q8_0 and Q4_0 at n == 1 through qgemv_avx2.inc
+        [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
         [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
         [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {gb_q4_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q5_K] = {qmm_q5_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q6_K] = {gb_q6_K, PERI_TYPE_Q8_K},
