@@ -367,16 +367,9 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
 // Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels.
-static void qv_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    if (n == 1) qv_gemv(PERI_TYPE_Q8_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
-    else qmm_q8_0(y, ldy, x, xs, w, ws, K, m, n, bias);
-}
-static void qv_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    if (n == 1) qv_gemv(PERI_TYPE_Q4_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
-    else qmm_q4_0(y, ldy, x, xs, w, ws, K, m, n, bias);
-}
+QV_MM(qv_q8_0, PERI_TYPE_Q8_0, qmm_q8_0)
+QV_MM(qv_q4_0, PERI_TYPE_Q4_0, qmm_q4_0)
+#undef QV_MM
 
 // ---- weight rows as float32 (peri_get_row, peri_f16_to_f32_row, the generic matmul path) ------------------------
 // The same operations as the references in tensor/quants*.c, in the same order, so the values are bit for bit the

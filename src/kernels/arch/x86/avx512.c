@@ -424,16 +424,9 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
 // Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through the 256-bit qgemv_avx2.inc, n > 1 as before.
-static void qv_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    if (n == 1) qv_gemv(PERI_TYPE_Q8_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
-    else qmm_q8_0(y, ldy, x, xs, w, ws, K, m, n, bias);
-}
-static void qv_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
-                    int64_t n, const float *bias) {
-    if (n == 1) qv_gemv(PERI_TYPE_Q4_0, y, (const block_q8_0 *)x, (const char *)w, ws, K, m, bias);
-    else gb_q4_0(y, ldy, x, xs, w, ws, K, m, n, bias);
-}
+QV_MM(qv_q8_0, PERI_TYPE_Q8_0, qmm_q8_0)
+QV_MM(qv_q4_0, PERI_TYPE_Q4_0, gb_q4_0)
+#undef QV_MM
 
 // ---- weight rows as float32 (peri_get_row) ------------------------------------------------------------------
 // The same operations as the references in tensor/quants*.c, one rounding each: products (and Q4_K's
