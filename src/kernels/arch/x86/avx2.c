@@ -544,6 +544,89 @@ static void deq_q6_K(const void *src, float *y, int64_t n) {
     }
 }
 
+// ---- activation quantizers -----------------------------------------------------------------------------------
+// Byte for byte the reference ones (peri_quantize_row_q8_0_ref / _q8_K_ref), as the AVX-512 level's: the same float
+// operations per value; only the max is taken in another order, which is exact.
+
+// roundf (half away from zero): trunc plus a step where the remainder (exact) reaches one half.
+PERI_INLINE __m256 q8_round_away(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, t));
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(v, _mm256_set1_ps(-0.0f)));
+    return _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), one));
+}
+
+PERI_INLINE float q8_hmax(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// 32 int32 values (4 vectors, in order) as 32 int8 with signed saturation.
+PERI_INLINE void q8_store32(int8_t *dst, __m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d)); // lanes interleaved
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+static void quantize_q8_0(const float *x, void *dst, int64_t n) {
+    block_q8_0 *y = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        __m256 v[4];
+        PERI_UNROLL for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+        const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                       _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        const float d = q8_hmax(m) / ((1 << 7) - 1);
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        PERI_UNROLL for (int k = 0; k < 4; k++) q[k] = _mm256_cvttps_epi32(q8_round_away(_mm256_mul_ps(v[k], vid)));
+        q8_store32(y[i].qs, q[0], q[1], q[2], q[3]);
+    }
+}
+
+static void quantize_q8_K(const float *x, void *dst, int64_t n) {
+    block_q8_K *y = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < QK_K; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+        const float amax = q8_hmax(m);
+        if (!amax) {
+            memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        float max = 0; // the first value of largest magnitude, with its sign (as the reference's scan)
+        for (int j = 0; j < QK_K; j += 8) {
+            const __m256 e = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), _mm256_set1_ps(amax), _CMP_EQ_OQ);
+            const int bits = _mm256_movemask_ps(e);
+            if (bits) {
+                max = x[j + __builtin_ctz((unsigned)bits)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        for (int j = 0; j < QK_K; j += 32) {
+            __m256i q[4];
+            PERI_UNROLL for (int k = 0; k < 4; k++) // nearest, ties to even (the default rounding)
+                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(vs, _mm256_loadu_ps(x + j + 8 * k))),
+                                        _mm256_set1_epi32(127));
+            q8_store32(y[i].qs + j, q[0], q[1], q[2], q[3]);
+            PERI_UNROLL for (int h = 0; h < 2; h++) {
+                __m256i s = _mm256_add_epi32(q[2 * h], q[2 * h + 1]);
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+                y[i].bsums[j / 16 + h] = (int16_t)_mm_cvtsi128_si32(t);
+            }
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -582,6 +665,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
                  [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q5_K] = deq_q5_K, [PERI_TYPE_Q6_K] = deq_q6_K},
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
+    .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
 };
 
 #else
