@@ -96,4 +96,18 @@ const struct peri_kernel_set *peri_kernels_current(void);
 #endif
 #define PERI_INLINE static inline __attribute__((always_inline))
 
+// The row order of the decode (n == 1) kernels (docs/kernels.md, "4 streams"): passes of R rows (a constant) taken
+// from R streams far apart, rows j, j + Q, ..., j + (R - 1) Q with Q = m / R, so that the hardware prefetchers
+// run ahead on R streams instead of one; then the last m % R rows one at a time. PASS(r, w0, stride, out, wn, os)
+// runs r rows from w0, stride bytes apart, giving row i's result to out[i * os]; wn is the first of the rows
+// (stride apart as well) that the pass PFD passes later reads, for software prefetch, or NULL.
+#define PERI_DECODE_PASSES(R, PFD, m, w, ws, y, PASS)                                                         \
+    do {                                                                                                       \
+        const int64_t q_ = (m) / (R);                                                                          \
+        for (int64_t j_ = 0; j_ < q_; j_++)                                                                    \
+            PASS(R, (w) + (size_t)j_ * (ws), (ws) * (size_t)q_, (y) + j_,                                       \
+                 j_ + (PFD) < q_ ? (w) + (size_t)(j_ + (PFD)) * (ws) : NULL, q_);                                \
+        for (int64_t j_ = q_ * (R); j_ < (m); j_++) PASS(1, (w) + (size_t)j_ * (ws), (ws), (y) + j_, NULL, 1); \
+    } while (0)
+
 #endif

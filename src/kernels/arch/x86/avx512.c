@@ -113,19 +113,11 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #define B(j) (bias ? bias + (j) : NULL)
     const int pf_ok = wt == PERI_TYPE_F32 || wt == PERI_TYPE_F16 || wt == PERI_TYPE_BF16;
     if (n == 1) {
-        int64_t j = 0;
-        if (m >= 4 * GEMV_ROWS) { // GEMV_ROWS streams (see qgemv_vnni.inc)
-            const int64_t Q = m / GEMV_ROWS;
-            for (; j < Q; j++)
-                tile_ys(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws * (size_t)Q, 0, K, K, B(j), NULL, 1,
-                        pf_ok && j + 2 < Q ? w + (j + 1) * ws : NULL, Q);
-            j = Q * GEMV_ROWS;
-        }
-        for (; j + GEMV_ROWS <= m; j += GEMV_ROWS)
-            tile(wt, 1, GEMV_ROWS, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1,
-                 pf_ok && j + 2 * GEMV_ROWS <= m ? w + (j + GEMV_ROWS) * ws : NULL);
-        for (; j + 2 <= m; j += 2) tile(wt, 1, 2, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1, NULL);
-        for (; j < m; j++) tile(wt, 1, 1, y + j, ldy, x, ldx, w + j * ws, ws, 0, K, K, B(j), NULL, 1, NULL);
+        // (output and bias entry of row i at i * os; the next pass's rows prefetched, float weights only)
+#define MB_PASS(r, w0, st, out, wn, os)                                                                      \
+    tile_ys(wt, 1, r, out, ldy, x, ldx, w0, st, 0, K, K, bias ? bias + ((out) - y) : NULL, NULL, 1, pf_ok ? (wn) : NULL, os)
+        PERI_DECODE_PASSES(GEMV_ROWS, 1, m, w, ws, y, MB_PASS);
+#undef MB_PASS
         return;
     }
     // Prefill: for a block of x rows (kept in L2) and a tile of TC weight rows, walk K in chunks of KC so
