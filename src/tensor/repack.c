@@ -15,16 +15,6 @@ void peri_repack_q4_0_x16(const void *src, void *dst, int64_t n) {
         }
 }
 
-void peri_unpack_q4_0_x16(const void *src, void *dst, int64_t n) {
-    const block_q4_0_x16 *s = src;
-    block_q4_0 *d = dst;
-    for (int64_t g = 0; g < n / QK4_0_X16; g++)
-        for (int j = 0; j < 16; j++) {
-            d[16 * g + j].d = s[g].d[j];
-            memcpy(d[16 * g + j].qs, s[g].qs + 16 * j, 16);
-        }
-}
-
 void peri_dequantize_row_q4_0_x16(const void *src, float *y, int64_t n) {
     const block_q4_0_x16 *s = src;
     for (int64_t g = 0; g < n / QK4_0_X16; g++)

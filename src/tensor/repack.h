@@ -18,9 +18,8 @@ typedef struct {
 } block_q4_0_x16;
 static_assert(sizeof(block_q4_0_x16) == 16 * sizeof(block_q4_0), "block_q4_0_x16 is 16 Q4_0 blocks, rearranged");
 
-// One row of n values (n a multiple of 512): Q4_0 -> Q4_0_X16 (src and dst must not overlap) and back.
+// One row of n values (n a multiple of 512): Q4_0 -> Q4_0_X16 (src and dst must not overlap).
 void peri_repack_q4_0_x16(const void *src, void *dst, int64_t n);
-void peri_unpack_q4_0_x16(const void *src, void *dst, int64_t n);
 
 // The type's traits entries: through Q4_0's reference, so the values are Q4_0's bit for bit.
 void peri_dequantize_row_q4_0_x16(const void *src, float *y, int64_t n);

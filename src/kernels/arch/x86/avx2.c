@@ -642,7 +642,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
-        // QMM_ENTRIES_MORE with Q4_K and Q6_K through qkgemv_avx2.inc at n == 1
+        // the 256-bit row kernels, with Q8_0/Q4_0/Q4_K/Q6_K at n == 1 through qgemv_avx2.inc and qkgemv_avx2.inc
         [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
         [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q5_K] = {qmm_q5_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q6_K] = {kv_q6_K, PERI_TYPE_Q8_K},

@@ -442,31 +442,25 @@ static void deq_q8_0(const void *src, float *y, int64_t n) {
     }
 }
 
+// One Q4_0 block's 16 code bytes and scale d as 32 floats.
+PERI_INLINE void deq_q4_0_block(const uint8_t *qs, float d, float *y) {
+    const __m512i m4 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
+    const __m512 dv = _mm512_set1_ps(d);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, m4), c8), hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8);
+    _mm512_storeu_ps(y, _mm512_mul_round_ps(_mm512_cvtepi32_ps(lo), dv, RN));
+    _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), dv, RN));
+}
+
 static void deq_q4_0(const void *src, float *y, int64_t n) {
     const block_q4_0 *x = src;
-    const __m512i m4 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
-    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
-        const __m512 d = _mm512_set1_ps(_cvtsh_ss(x[i].d));
-        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)x[i].qs));
-        __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, m4), c8), hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8);
-        _mm512_storeu_ps(y, _mm512_mul_round_ps(_mm512_cvtepi32_ps(lo), d, RN));
-        _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), d, RN));
-    }
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) deq_q4_0_block(x[i].qs, _cvtsh_ss(x[i].d), y);
 }
 
 static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
     const block_q4_0_x16 *x = src;
-    const __m512i m4 = _mm512_set1_epi32(15), c8 = _mm512_set1_epi32(8);
-    for (int64_t g = 0; g < n / QK4_0_X16; g++) {
-        const __m512 d16 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)x[g].d));
-        PERI_UNROLL for (int j = 0; j < 16; j++, y += QK4_0) {
-            const __m512 d = _mm512_permutexvar_ps(_mm512_set1_epi32(j), d16);
-            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(x[g].qs + 16 * j)));
-            __m512i lo = _mm512_sub_epi32(_mm512_and_si512(v, m4), c8), hi = _mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8);
-            _mm512_storeu_ps(y, _mm512_mul_round_ps(_mm512_cvtepi32_ps(lo), d, RN));
-            _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), d, RN));
-        }
-    }
+    for (int64_t g = 0; g < n / QK4_0_X16; g++)
+        for (int j = 0; j < 16; j++, y += QK4_0) deq_q4_0_block(x[g].qs + 16 * j, _cvtsh_ss(x[g].d[j]), y);
 }
 
 // y = x C for quantized C (peri_matmul_nn; PLM's decode multiplies a head's 128 rows of W_kb this way): each x
