@@ -179,6 +179,13 @@ static void test_get_row_level(void) {
                 CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
         if (type == PERI_TYPE_Q4_0_X16 && peri_kernels_has_mm(type)) // where the layout is made
             CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
+#elif defined(__aarch64__)
+        static const int simd_types[] = {PERI_TYPE_F16,  PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0,
+                                         PERI_TYPE_Q4_1, PERI_TYPE_Q5_0, PERI_TYPE_Q5_1, PERI_TYPE_Q2_K,
+                                         PERI_TYPE_Q3_K, PERI_TYPE_Q4_K, PERI_TYPE_Q5_K, PERI_TYPE_Q6_K};
+        for (size_t i = 0; i < sizeof simd_types / sizeof simd_types[0]; i++)
+            if (type == simd_types[i] && peri_kernels_level() != PERI_KERNELS_REF)
+                CHECKF(peri_kernels_current()->to_float[type] != NULL, "%s at %s: no SIMD to_float", tt->name, lvl);
 #endif
         free(src), free(a), free(b), free(w);
     }
@@ -355,9 +362,10 @@ static void test_qdot_level(void) {
 #endif
         if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);
         int ok_simd = 1, ok_ref = 1;
-        // Decode kernels take 8 blocks at a time and prepare x in chunks of 256 blocks: n == 1 with K from 8 to
-        // 600 blocks (also not multiples of 8, and over a chunk boundary), M not a multiple of their row count.
-        static const int64_t nb1[] = {8, 9, 16, 17, 31, 40, 256, 263, 600};
+        // Decode kernels take 8 blocks at a time and prepare x in chunks of 256 blocks (K-quants: 32 super-blocks):
+        // n == 1 with K from 8 to 600 blocks (also not multiples of 8, and over a chunk boundary), M not a multiple
+        // of their row count (520: several chunks with M = 7, a 4-row pass and single rows).
+        static const int64_t nb1[] = {8, 9, 16, 17, 31, 40, 256, 263, 600, 520};
         const int n1 = (int)(sizeof nb1 / sizeof nb1[0]);
         // Prefill GEMMs (qgemm_vnni.inc) pack 32 weight rows over chunks of 256 values and keep the block sums of
         // 512 x rows at a time: n from 8, several chunks and a partial one, M across 16- and 32-row edges,
@@ -389,6 +397,18 @@ static void test_qdot_level(void) {
                     double f = tt->dot_f32(w + (size_t)j * rs, x + i * K, K);
                     double tq = mm_tol(type, qr->x_type, wr, x + i * K, xd + i * K, K);
                     double ti = mm_tol(type, qr->x_type, wr, xd + i * K, xd + i * K, K); // rounding part only
+                    // K-quant decode: both sides add one float term per super-block (the scale and min parts each
+                    // within 2 max|w| * Σ|x| of it), so the bound grows with the super-blocks, not with K (mm_tol's
+                    // K-fold slack would hide a whole chunk of x gone missing at K = 16640)
+                    if (n == 1 && tt->blck_size == 256) {
+                        double sb = 0;
+                        for (int64_t b0 = 0; b0 < K; b0 += 256) {
+                            double amax = 0, xa = 0;
+                            for (int64_t k = b0; k < b0 + 256; k++) amax = fmax(amax, fabs(wr[k])), xa += fabs(xd[i * K + k]);
+                            sb += 4 * amax * xa;
+                        }
+                        ti = fmin(ti, (double)(K / 256 + 16) * 2.4e-7 * sb);
+                    }
                     if (!(fabs(r - f) <= tq)) {
                         if (ok_ref) fprintf(stderr, "qdot_ref %s K=%lld: %.9g, float ref %.9g (tol %.3g)\n", tt->name, (long long)K, r, f, tq);
                         ok_ref = 0;
