@@ -376,6 +376,120 @@ PERI_INLINE void st_u8x16_dm(float *y, uint8x16_t q, float32x4_t d, float32x4_t 
     vst1q_f32(y + 12, vsubq_f32(vmulq_f32(d, vcvtq_f32_u32(vmovl_high_u16(hi))), m));
 }
 
+// 16 codes as float, times d plus m: q * d + m as the Q4_1 / Q5_1 references write it.
+PERI_INLINE void st_u8x16_dp(float *y, uint8x16_t q, float32x4_t d, float32x4_t m) {
+    const uint16x8_t lo = vmovl_u8(vget_low_u8(q)), hi = vmovl_high_u8(q);
+    vst1q_f32(y, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo))), d), m));
+    vst1q_f32(y + 4, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(lo)), d), m));
+    vst1q_f32(y + 8, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi))), d), m));
+    vst1q_f32(y + 12, vaddq_f32(vmulq_f32(vcvtq_f32_u32(vmovl_high_u16(hi)), d), m));
+}
+
+// Q5_0 / Q5_1's 32 fifth bits (qh, little-endian) as 0x10 in the byte of each value: each qh byte spread over the
+// 8 lanes of its values, then one bit per lane tested.
+PERI_INLINE void q5_high(const uint8_t *qh, uint8x16_t *h0, uint8x16_t *h1) {
+    static const uint8_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    uint32_t u;
+    memcpy(&u, qh, 4);
+    const uint8x16_t t = vreinterpretq_u8_u32(vdupq_n_u32(u)), b = vld1q_u8(bit), c = vdupq_n_u8(0x10);
+    *h0 = vandq_u8(vtstq_u8(vqtbl1q_u8(t, vld1q_u8(idx)), b), c);
+    *h1 = vandq_u8(vtstq_u8(vqtbl1q_u8(t, vld1q_u8(idx + 16)), b), c);
+}
+
+static void deq_q4_1(const void *src, float *y, int64_t n) {
+    const block_q4_1 *x = src;
+    for (int64_t i = 0; i < n / QK4_1; i++, y += QK4_1) {
+        const float32x4_t d = vdupq_n_f32(q_h2f(x[i].d)), m = vdupq_n_f32(q_h2f(x[i].m));
+        const uint8x16_t v = vld1q_u8(x[i].qs);
+        st_u8x16_dp(y, vandq_u8(v, vdupq_n_u8(0x0F)), d, m);
+        st_u8x16_dp(y + 16, vshrq_n_u8(v, 4), d, m);
+    }
+}
+
+static void deq_q5_0(const void *src, float *y, int64_t n) {
+    const block_q5_0 *x = src;
+    for (int64_t i = 0; i < n / QK5_0; i++, y += QK5_0) {
+        const float32x4_t d = vdupq_n_f32(q_h2f(x[i].d));
+        const uint8x16_t v = vld1q_u8(x[i].qs);
+        uint8x16_t h0, h1;
+        q5_high(x[i].qh, &h0, &h1);
+        const uint8x16_t q0 = vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0F)), h0), q1 = vorrq_u8(vshrq_n_u8(v, 4), h1);
+        st_i8x16(y, vsubq_s8(vreinterpretq_s8_u8(q0), vdupq_n_s8(16)), d);
+        st_i8x16(y + 16, vsubq_s8(vreinterpretq_s8_u8(q1), vdupq_n_s8(16)), d);
+    }
+}
+
+static void deq_q5_1(const void *src, float *y, int64_t n) {
+    const block_q5_1 *x = src;
+    for (int64_t i = 0; i < n / QK5_1; i++, y += QK5_1) {
+        const float32x4_t d = vdupq_n_f32(q_h2f(x[i].d)), m = vdupq_n_f32(q_h2f(x[i].m));
+        const uint8x16_t v = vld1q_u8(x[i].qs);
+        uint8x16_t h0, h1;
+        q5_high(x[i].qh, &h0, &h1);
+        st_u8x16_dp(y, vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0F)), h0), d, m);
+        st_u8x16_dp(y + 16, vorrq_u8(vshrq_n_u8(v, 4), h1), d, m);
+    }
+}
+
+// Q2_K: per 16 values (d * scale) * q - dmin * min, both products rounded before the difference as in the
+// reference; codes at bits 2s of bytes 32h + 16k .. for scale 8h + 2s + k.
+static void deq_q2_K(const void *src, float *y, int64_t n) {
+    const block_q2_K *x = src;
+    const uint8x16_t m3 = vdupq_n_u8(3);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = q_h2f(x[i].d), mn = q_h2f(x[i].dmin);
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t v[2] = {vld1q_u8(x[i].qs + 32 * h), vld1q_u8(x[i].qs + 32 * h + 16)};
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const uint8_t sc = x[i].scales[8 * h + 2 * s + k];
+                    st_u8x16_dm(y, vandq_u8(q_shr(v[k], 2 * s), m3), vdupq_n_f32(d * (sc & 0xF)),
+                                vdupq_n_f32(mn * (sc >> 4)));
+                }
+            }
+        }
+    }
+}
+
+// Q3_K's 16 6-bit scales as stored (the scale is the byte minus 32), in sub-block order: low nibbles of bytes 0..7
+// (sub-blocks 0..7, then 8..15 from the high nibbles), top 2 bits from bytes 8..11.
+PERI_INLINE void q_k3_scales(const uint8_t *s, uint8_t out[16]) {
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    uint32_t u[4] = {(a & 0x0f0f0f0f) | ((c & 0x03030303) << 4), (b & 0x0f0f0f0f) | (((c >> 2) & 0x03030303) << 4),
+                     ((a >> 4) & 0x0f0f0f0f) | (((c >> 4) & 0x03030303) << 4),
+                     ((b >> 4) & 0x0f0f0f0f) | (((c >> 6) & 0x03030303) << 4)};
+    memcpy(out, u, 16);
+}
+
+// Q3_K: (d * scale) * (q - 4 unless the hmask bit is set); the code with its hmask bit as bit 2 is q + 4 exactly
+// when the bit is set, so one subtraction of 4 gives the signed value.
+static void deq_q3_K(const void *src, float *y, int64_t n) {
+    const block_q3_K *x = src;
+    const uint8x16_t m3 = vdupq_n_u8(3), c4 = vdupq_n_u8(4);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = q_h2f(x[i].d);
+        uint8_t s8[16];
+        q_k3_scales(x[i].scales, s8);
+        const uint8x16_t hm[2] = {vld1q_u8(x[i].hmask), vld1q_u8(x[i].hmask + 16)};
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t v[2] = {vld1q_u8(x[i].qs + 32 * h), vld1q_u8(x[i].qs + 32 * h + 16)};
+            PERI_UNROLL for (int s = 0; s < 4; s++) {
+                const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << (4 * h + s)));
+                PERI_UNROLL for (int k = 0; k < 2; k++, y += 16) {
+                    const uint8x16_t q = vorrq_u8(vandq_u8(q_shr(v[k], 2 * s), m3), vandq_u8(vtstq_u8(hm[k], bit), c4));
+                    st_i8x16(y, vsubq_s8(vreinterpretq_s8_u8(q), vreinterpretq_s8_u8(c4)),
+                             vdupq_n_f32(d * (s8[8 * h + 2 * s + k] - 32)));
+                }
+            }
+        }
+    }
+}
+
 static void deq_q4_K(const void *src, float *y, int64_t n) {
     const block_q4_K *x = src;
     for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
@@ -389,6 +503,29 @@ static void deq_q4_K(const void *src, float *y, int64_t n) {
                 const uint8x16_t v = vld1q_u8(x[i].qs + 32 * p + 16 * h);
                 st_u8x16_dm(y + 64 * p + 16 * h, vandq_u8(v, vdupq_n_u8(0x0F)), d1, m1);
                 st_u8x16_dm(y + 64 * p + 32 + 16 * h, vshrq_n_u8(v, 4), d2, m2);
+            }
+        }
+    }
+}
+
+// Q5_K: Q4_K's layout plus a fifth bit, bit 2p (2p + 1) of qh[l] for the low (high) nibbles of qs[32p + l].
+static void deq_q5_K(const void *src, float *y, int64_t n) {
+    const block_q5_K *x = src;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), c16 = vdupq_n_u8(0x10);
+    for (int64_t i = 0; i < n / QK_K; i++, y += QK_K) {
+        const float d = q_h2f(x[i].d), mn = q_h2f(x[i].dmin);
+        uint8_t sm[16];
+        q_k4_scales(x[i].scales, sm);
+        const uint8x16_t qh[2] = {vld1q_u8(x[i].qh), vld1q_u8(x[i].qh + 16)};
+        for (int p = 0; p < 4; p++) {
+            const float32x4_t d1 = vdupq_n_f32(d * sm[2 * p]), m1 = vdupq_n_f32(mn * sm[8 + 2 * p]);
+            const float32x4_t d2 = vdupq_n_f32(d * sm[2 * p + 1]), m2 = vdupq_n_f32(mn * sm[8 + 2 * p + 1]);
+            const uint8x16_t b1 = vdupq_n_u8((uint8_t)(1 << (2 * p))), b2 = vdupq_n_u8((uint8_t)(2 << (2 * p)));
+            PERI_UNROLL for (int h = 0; h < 2; h++) {
+                const uint8x16_t v = vld1q_u8(x[i].qs + 32 * p + 16 * h);
+                st_u8x16_dm(y + 64 * p + 16 * h, vorrq_u8(vandq_u8(v, m4), vandq_u8(vtstq_u8(qh[h], b1), c16)), d1, m1);
+                st_u8x16_dm(y + 64 * p + 32 + 16 * h, vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(vtstq_u8(qh[h], b2), c16)), d2,
+                            m2);
             }
         }
     }
@@ -464,7 +601,9 @@ const struct peri_kernel_set peri_kset_neon = {
     .swiglu = swiglu,
     .sum8 = sum8,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
-                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q6_K] = deq_q6_K},
+                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_1] = deq_q4_1, [PERI_TYPE_Q5_0] = deq_q5_0,
+                 [PERI_TYPE_Q5_1] = deq_q5_1, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
+                 [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q5_K] = deq_q5_K, [PERI_TYPE_Q6_K] = deq_q6_K},
 };
 
 #else
