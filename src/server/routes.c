@@ -117,7 +117,7 @@ static bool parse_common(srv_app *app, const json_value *body, bool chat, srv_ta
     int64_t n;
     if (!get_int(body, "n", 1, 1, 1, &n, e)) return fail(e, 400, "'n' must be 1: this server returns one choice per prompt");
     const int limit = app->cfg.max_tokens_limit;
-    int64_t mt;
+    int64_t mt = 0;
     const char *mt_key = chat && !absent(json_get(body, "max_completion_tokens")) ? "max_completion_tokens" : "max_tokens";
     if (!get_int(body, mt_key, chat ? limit : (16 < limit ? 16 : limit), 0, limit, &mt, e)) {
         const json_value *v = json_get(body, mt_key);
@@ -126,8 +126,8 @@ static bool parse_common(srv_app *app, const json_value *body, bool chat, srv_ta
         return false;
     }
     t->max_tokens = (int)mt;
-    double temp, top_p, min_p, pp, fp, rp;
-    int64_t top_k, seed;
+    double temp = 0, top_p = 0, min_p = 0, pp = 0, fp = 0, rp = 0;
+    int64_t top_k = 0, seed = 0;
     if (!get_num(body, "temperature", 1.0, 0, 2, &temp, e) || !get_num(body, "top_p", 1.0, 0, 1, &top_p, e) ||
         !get_num(body, "min_p", 0.0, 0, 1, &min_p, e) || !get_num(body, "presence_penalty", 0, -2, 2, &pp, e) ||
         !get_num(body, "frequency_penalty", 0, -2, 2, &fp, e) || !get_num(body, "repetition_penalty", 1, 0.01, 100, &rp, e) ||
@@ -824,7 +824,7 @@ static void handle_tokenize(srv_conn *c, const json_value *body) {
     if (!v) v = json_get(body, "prompt");
     if (!v || v->type != JSON_STRING) { srv_send_error(c, 400, "invalid_request_error", "'content' must be a string"); return; }
     err e = {0};
-    bool special, pieces;
+    bool special = false, pieces = false;
     if (!get_bool(body, "parse_special", true, &special, &e) ||
         !get_bool(body, "with_pieces", false, &pieces, &e)) {
         srv_send_error(c, e.status, e.type, "%s", e.msg);

@@ -1035,14 +1035,14 @@ static int call_method(jn_ctx *c, const jfn *f, const args_t *a, val *out) {
     case M_VALUES: {
         jobj *o = self.o;
         TRY(obj_full(c, o));
-        jarr *r;
+        jarr *r = NULL;
         TRY(new_array(c, o->n, &r));
         for (size_t i = 0; i < o->n; i++) {
             val k = mk_str(o->kp[i], o->kn[i]);
             if (f->method == M_KEYS) r->v[i] = k;
             else if (f->method == M_VALUES) r->v[i] = o->v[i];
             else {
-                jarr *pair;
+                jarr *pair = NULL;
                 TRY(new_array(c, 2, &pair));
                 pair->v[0] = k;
                 pair->v[1] = o->v[i];
@@ -1181,7 +1181,7 @@ static int eval_slice(jn_ctx *c, val obj, const jn_node *sl, env *e, val *out) {
     if (dir != 0)
         for (int64_t i = start; dir * i < dir * stop; i += step) cnt++;
     if (obj.t == V_ARRAY) {
-        jarr *r;
+        jarr *r = NULL;
         TRY(new_array(c, cnt, &r));
         size_t k = 0;
         if (dir != 0)
@@ -1432,7 +1432,7 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
             }
             if (IS("length")) { *out = mk_int((int64_t)a->n); return 0; }
             if (IS("reverse") || IS("sort")) {
-                jarr *r;
+                jarr *r = NULL;
                 TRY(copy_array(c, a, &r));
                 if (IS("reverse"))
                     for (size_t i = 0; i < r->n / 2; i++) {
@@ -1455,7 +1455,7 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
                 return sb_take(c, &b, out);
             }
             if (IS("unique")) {
-                jarr *r;
+                jarr *r = NULL;
                 TRY(new_array(c, a->n, &r));
                 TRY(cost(c, a->n * a->n / 8 + 1));
                 r->n = 0;
@@ -1597,7 +1597,7 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
             val at = arg_or(&a, 2, "attribute", NONE);
             if (rev.t != V_BOOL || cs.t != V_BOOL) return fail(c, PERI_E_FORMAT, "sort: reverse and case_sensitive must be booleans");
             if (at.t != V_STR && at.t != V_INT && at.t != V_NONE) return fail(c, PERI_E_FORMAT, "sort: attribute must be a string or integer");
-            jarr *r;
+            jarr *r = NULL;
             TRY(copy_array(c, arr, &r));
             sort_ctx s = {c, cs.b, rev.b, at, 0};
             TRY(sort_vals(&s, r->v, r->n));
@@ -1617,7 +1617,7 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
                 bool ignored;
                 TRY(run_test(c, a.pos[1].s.p, a.pos[1].s.n, mk_str("", 0), &a.pos[1], &ignored));
             }
-            jarr *r;
+            jarr *r = NULL;
             TRY(new_array(c, arr->n, &r));
             TRY(cost(c, arr->n));
             r->n = 0;
@@ -1640,7 +1640,7 @@ static int apply_filter(jn_ctx *c, val x, const jn_node *nd, env *e, val *out) {
             if (at.t != V_STR) return fail(c, PERI_E_FORMAT, "map: attribute must be a string");
             val def;
             bool has_def = obj_get(a.kw, "default", 7, &def);
-            jarr *r;
+            jarr *r = NULL;
             TRY(new_array(c, arr->n, &r));
             TRY(cost(c, arr->n));
             for (size_t i = 0; i < arr->n; i++) {
@@ -1994,7 +1994,7 @@ static int eval_inner(jn_ctx *c, const jn_node *nd, env *e, val *out) {
     case JN_FLOAT: *out = mk_float(nd->f); return 0;
     case JN_ARRAY:
     case JN_TUPLE: {
-        jarr *a;
+        jarr *a = NULL;
         TRY(new_array(c, nd->nlist, &a));
         a->tuple = nd->kind == JN_TUPLE;
         for (size_t i = 0; i < nd->nlist; i++) TRY(eval(c, nd->list[i], e, &a->v[i]));
