@@ -372,7 +372,8 @@ QV_MM(qv_q4_0, PERI_TYPE_Q4_0, qmm_q4_0)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
 
-// Q3_K to Q6_K against a Q8_K x row: decode (n == 1) through qkgemv_avx2.inc, n > 1 through the row kernels.
+// Q2_K to Q6_K against a Q8_K x row: decode (n == 1) through qkgemv_avx2.inc, n > 1 through the row kernels.
+KV_MM(kv_q2_K, PERI_TYPE_Q2_K, qmm_q2_K)
 KV_MM(kv_q3_K, PERI_TYPE_Q3_K, qmm_q3_K)
 KV_MM(kv_q4_K, PERI_TYPE_Q4_K, qmm_q4_K)
 KV_MM(kv_q5_K, PERI_TYPE_Q5_K, qmm_q5_K)
@@ -644,11 +645,11 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
-        // the 256-bit row kernels, with Q8_0/Q4_0 and Q3_K-Q6_K at n == 1 through qgemv_avx2.inc and qkgemv_avx2.inc
+        // the 256-bit row kernels, with Q8_0/Q4_0 and Q2_K-Q6_K at n == 1 through qgemv_avx2.inc and qkgemv_avx2.inc
         [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
         [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q5_K] = {kv_q5_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q6_K] = {kv_q6_K, PERI_TYPE_Q8_K},
-        [PERI_TYPE_Q2_K] = {qmm_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {kv_q3_K, PERI_TYPE_Q8_K},
+        [PERI_TYPE_Q2_K] = {kv_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {kv_q3_K, PERI_TYPE_Q8_K},
     },
     // Float activations, for exact mode (peri_kernels_set_exact): weights expanded to float in registers.
     .mm_exact = {
