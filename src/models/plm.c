@@ -723,6 +723,16 @@ static void heads_combine(struct plm_ctx *x, int64_t H, int64_t R, int64_t h) {
     }
 }
 
+// The first weight rows a decode kernel will read of a head's n rows from row r0: y = x C (the absorbed query) reads
+// C's rows in order, y = x W^T (W_vb) reads W's rows as 4 streams, one per quarter (docs/kernels.md "4 streams").
+#define HEAD_PF_ROWS 16
+static void head_prefetch(const peri_tensor *W, size_t rs, int64_t r0, int64_t n, int streams) {
+    const char *base = (const char *)W->data;
+    for (int qq = 0; qq < streams; qq++)
+        for (int64_t r = r0 + qq * (n / streams), e = r + HEAD_PF_ROWS / streams; r < e && r < r0 + n; r++)
+            for (size_t o = 0; o < rs; o += 64) __builtin_prefetch(base + (size_t)r * rs + o, 0, 3);
+}
+
 // The per-head products of the absorbed form, heads split over the threads: each head is one small
 // matmul over all rows (its own input slice and weight rows), run on this thread alone.
 static void heads_task(void *arg, int ith, int nth) {
@@ -730,8 +740,22 @@ static void heads_task(void *arg, int ith, int nth) {
     struct plm_ctx *x = J->c->arch;
     const struct plm_model *p = J->c->model->arch;
     const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope;
-    (void)nth;
-    for (int64_t h; (h = atomic_fetch_add_explicit(&J->next_head, 1, memory_order_relaxed)) < H;) {
+    // Decode: heads in equal shares, the next head's first weight rows prefetched while this one runs (each head's
+    // rows are one short stream that the hardware prefetcher would only start on when it is already being read).
+    const bool dec = J->n_rows <= 4;
+    long lo = 0, hi = 0;
+    const size_t wrs = peri_row_size(J->L->wkvb->type, R);
+    const int64_t wr0 = J->out ? nope : 0, wrn = J->out ? vd : nope;   // W_kb or W_vb rows within a head's block
+    if (dec) {
+        peri_split((long)H, ith, nth, &lo, &hi);
+        if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn, J->out ? 4 : 1);
+    }
+    for (int64_t h;;) {
+        if (dec) {
+            if (lo >= hi) break;
+            h = lo++;
+            if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn, J->out ? 4 : 1);
+        } else if ((h = atomic_fetch_add_explicit(&J->next_head, 1, memory_order_relaxed)) >= H) break;
         if (!J->out) {
             // q_lat,h = q_nope,h W_kb,h, where W_kb,h is the head's nope rows of kv_b ([nope x R] as stored): y = x C.
             // Float weights, and quantized ones for a few rows (decode), are used in place; for more rows quantized

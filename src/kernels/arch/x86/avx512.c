@@ -196,6 +196,11 @@ PERI_INLINE void transpose16(__m512 r[16]) {
     }
 }
 #define GP_TRANSPOSE(t) transpose16(t)
+// Below 12 x rows (the 8 heads a thread scores in PLM's short-context decode attention, short prompts) the
+// dot-product tiles of mm_body beat the outer product, whose packing (a 16 x 16 transpose per 256 weights) is then
+// shared by too few rows: 0.025-0.030 against 0.031-0.037 ms at 8 rows, even at 12, behind at 16
+// (test_kernels --bench f16 576 256 N 1 2000 0.5).
+#define GP_MIN_N 12
 #define GP_IB (24 * GP_MR) // 288 rows x 2 KB: about 0.6 MB of the 2 MB L2 of the AVX-512 cores we know
 #define GP_LOADW_N(wt, row, k, n) ((n) == 16 ? ld_w(wt, row, k) : ld_w_mask(wt, row, k, (__mmask16)((1u << (n)) - 1)))
 #include "kernels/gemm_outer.inc"
@@ -470,6 +475,7 @@ static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
 // row in strips of 256 columns held in 16 registers while all K rows of C pass; a block's scale is folded into its
 // x value once, and its codes become floats by a table lookup (Q4_0: vpermps on the nibble gives q - 8, as the
 // permute reads only an index's low 4 bits) or a widening convert (Q8_0). m is a multiple of 32.
+#define NN_PF_ROWS 16
 PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
                          int64_t K, int64_t m, int64_t n) {
     const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -483,6 +489,9 @@ PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t 
             for (int64_t k = 0; k < K; k++) {
                 const char *row = (const char *)c + (size_t)k * cs;
                 const float a = xi[k];
+                // C's rows are one stream; the hardware prefetcher alone leaves this loop waiting on memory
+                if (i == 0 && j0 == 0 && k + NN_PF_ROWS < K)
+                    for (size_t o = 0; o < cs; o += 64) _mm_prefetch(row + NN_PF_ROWS * cs + o, _MM_HINT_T0);
                 PERI_UNROLL for (int b = 0; b < 8; b++) {
                     if (b >= nb) break;
                     const int64_t blk = j0 / 32 + b;
