@@ -333,9 +333,10 @@ static void test_matmul_level(peri_pool *pool) {
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
         // The float prefill GEMM (gemm_outer.inc): both drivers (weight panels for many x rows on a small weight,
         // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
-        // chunks of up to 512 (AVX-512 x blocks of 288 rows, NEON 128; NEON tiles are 8 rows by 12 columns). {M, K, n}
+        // chunks of up to 512 (AVX-512 x blocks of 288 rows, NEON 128; NEON tiles are 8 rows by 12 columns); x panels
+        // two at a time with a partial block of one short panel (300 x 1000, 70 rows). {M, K, n}
         static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
-                                        {170, 64, 90}, {64, 170, 90}};
+                                        {170, 64, 90}, {64, 170, 90}, {300, 1000, 70}};
         for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)
             ok &= check_matmul(pool, type, gg[g][0], gg[g][1], gg[g][2], (int)(g & 1), (int)(g % 3 != 2));
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
