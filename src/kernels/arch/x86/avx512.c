@@ -492,22 +492,29 @@ PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t 
                 // C's rows are one stream; the hardware prefetcher alone leaves this loop waiting on memory
                 if (i == 0 && j0 == 0 && k + NN_PF_ROWS < K)
                     for (size_t o = 0; o < cs; o += 64) _mm_prefetch(row + NN_PF_ROWS * cs + o, _MM_HINT_T0);
+                // a times each block's scale, through memory: broadcasts from memory take a load port, not the
+                // shuffle port that the code lookups need (twice as fast in L1)
+                _Alignas(64) float fs[16] = {0};
+                if (wt == PERI_TYPE_Q4_0_X16) {   // the strip's 8 blocks: half of a group's 16 consecutive scales
+                    const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + j0 / QK4_0_X16;
+                    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(g->d + (j0 / 32) % 16)));
+                    _mm256_store_ps(fs, _mm256_mul_ps(_mm256_set1_ps(a), dv));
+                } else {
+                    PERI_UNROLL for (int b = 0; b < 8; b++) {
+                        if (b >= nb) break;
+                        const int64_t blk = j0 / 32 + b;
+                        fs[b] = a * _cvtsh_ss(wt == PERI_TYPE_Q8_0 ? ((const block_q8_0 *)row)[blk].d
+                                                                   : ((const block_q4_0 *)row)[blk].d);
+                    }
+                }
                 PERI_UNROLL for (int b = 0; b < 8; b++) {
                     if (b >= nb) break;
                     const int64_t blk = j0 / 32 + b;
-                    float d;
                     const uint8_t *q;
-                    if (wt == PERI_TYPE_Q8_0) {
-                        const block_q8_0 *bb = (const block_q8_0 *)row + blk;
-                        d = _cvtsh_ss(bb->d), q = (const uint8_t *)bb->qs;
-                    } else if (wt == PERI_TYPE_Q4_0) {
-                        const block_q4_0 *bb = (const block_q4_0 *)row + blk;
-                        d = _cvtsh_ss(bb->d), q = bb->qs;
-                    } else {
-                        const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + blk / 16;
-                        d = _cvtsh_ss(g->d[blk % 16]), q = g->qs + 16 * (blk % 16);
-                    }
-                    const __m512 f = _mm512_set1_ps(a * d);
+                    if (wt == PERI_TYPE_Q8_0) q = (const uint8_t *)((const block_q8_0 *)row + blk)->qs;
+                    else if (wt == PERI_TYPE_Q4_0) q = ((const block_q4_0 *)row + blk)->qs;
+                    else q = ((const block_q4_0_x16 *)row + blk / 16)->qs + 16 * (blk % 16);
+                    const __m512 f = _mm512_set1_ps(fs[b]);
                     __m512 lo, hi;
                     if (wt == PERI_TYPE_Q8_0) {
                         lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
@@ -539,6 +546,50 @@ MM_Q_NN(mm_q8_0_nn, PERI_TYPE_Q8_0)
 MM_Q_NN(mm_q4_0_nn, PERI_TYPE_Q4_0)
 MM_Q_NN(mm_q4_0_x16_nn, PERI_TYPE_Q4_0_X16)
 #undef MM_Q_NN
+
+// y = x C for Q4_K C (the absorbed query of Q4_K_M files): as mm_q_nn, in strips of one super-block (256 columns,
+// 16 registers). A value is (d sc) q - dmin m as the reference dequantizes it: d sc q is exact in float (11 + 6 + 4
+// significant bits), so one fused multiply-subtract rounds as the reference's multiply and subtract do.
+static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
+                       int64_t m, int64_t n) {
+    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int64_t k = 0; k < NN_PF_ROWS && k < K; k++)
+        for (size_t o = 0; o < cs; o += 64) _mm_prefetch((const char *)c + (size_t)k * cs + o, _MM_HINT_T0);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * ldx;
+        float *yi = y + i * ldy;
+        for (int64_t j0 = 0; j0 < m; j0 += QK_K) {
+            __m512 acc[16];
+            PERI_UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k++) {
+                const char *row = (const char *)c + (size_t)k * cs;
+                if (i == 0 && j0 == 0 && k + NN_PF_ROWS < K)
+                    for (size_t o = 0; o < cs; o += 64) _mm_prefetch(row + NN_PF_ROWS * cs + o, _MM_HINT_T0);
+                const block_q4_K *bb = (const block_q4_K *)row + j0 / QK_K;
+                const __m512 a = _mm512_set1_ps(xi[k]);
+                _Alignas(16) uint8_t sm[16];
+                q_k4_scales(bb->scales, sm);   // scales of sub-blocks 0..7, then their mins
+                // d sc and dmin m of the 8 sub-blocks in one vector, through memory: broadcasts from memory take a
+                // load port, not the shuffle port that the code lookups need
+                _Alignas(64) float f[16];
+                const __m512 dd = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(bb->d)), _mm512_set1_ps(_cvtsh_ss(bb->dmin)));
+                _mm512_store_ps(f, _mm512_mul_round_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)sm))), RN));
+                PERI_UNROLL for (int p = 0; p < 4; p++) {
+                    const __m512 d1 = _mm512_set1_ps(f[2 * p]), m1 = _mm512_set1_ps(f[8 + 2 * p]);
+                    const __m512 d2 = _mm512_set1_ps(f[2 * p + 1]), m2 = _mm512_set1_ps(f[8 + 2 * p + 1]);
+                    PERI_UNROLL for (int h = 0; h < 2; h++) {
+                        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(bb->qs + 32 * p + 16 * h)));
+                        const __m512 lo = _mm512_fmsub_ps(d1, _mm512_permutexvar_ps(v, tbl), m1);
+                        const __m512 hi = _mm512_fmsub_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl), m2);
+                        acc[4 * p + h] = _mm512_fmadd_ps(a, lo, acc[4 * p + h]);
+                        acc[4 * p + 2 + h] = _mm512_fmadd_ps(a, hi, acc[4 * p + 2 + h]);
+                    }
+                }
+            }
+            PERI_UNROLL for (int t = 0; t < 16; t++) _mm512_storeu_ps(yi + j0 + 16 * t, acc[t]);
+        }
+    }
+}
 
 static void deq_q4_K(const void *src, float *y, int64_t n) {
     const block_q4_K *x = src;
@@ -717,7 +768,8 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .swiglu = swiglu,
     .sum8 = sum8,
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
-              [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn},
+              [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
+              [PERI_TYPE_Q4_K] = mm_q4_K_nn},
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
                  [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q5_K] = deq_q5_K},
