@@ -256,7 +256,8 @@ static void test_matmul_nn_blocks(int type) {
 static void test_matmul_nn_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
-                                        {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300}};
+                                        {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300},
+                                        {130, 300, 3}, {9, 512, 1}};   // few rows: several strips, one partial
     // block types: their own kernel (AVX-512: Q8_0, Q4_0, Q4_0_X16) or the generic path (dequantize + axpy)
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,
                          PERI_TYPE_Q4_K};

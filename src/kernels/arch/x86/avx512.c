@@ -201,6 +201,7 @@ PERI_INLINE void transpose16(__m512 r[16]) {
 // shared by too few rows: 0.025-0.030 against 0.031-0.037 ms at 8 rows, even at 12, behind at 16
 // (test_kernels --bench f16 576 256 N 1 2000 0.5).
 #define GP_MIN_N 12
+#define GP_NN_VECS 16   // gp_nn_rows: 256 columns of sums in 16 of the 32 registers
 #define GP_IB (24 * GP_MR) // 288 rows x 2 KB: about 0.6 MB of the 2 MB L2 of the AVX-512 cores we know
 #define GP_LOADW_N(wt, row, k, n) ((n) == 16 ? ld_w(wt, row, k) : ld_w_mask(wt, row, k, (__mmask16)((1u << (n)) - 1)))
 #include "kernels/gemm_outer.inc"
