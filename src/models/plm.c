@@ -701,7 +701,7 @@ struct heads_job {
     int64_t n_rows;
     int out;                     // 0: absorbed queries, 1: latent mixes expanded by W_vb
     int combine;                 // with out: first combine the threads' partial mixes of kattn phase 4
-    atomic_int next_head;        // heads go to whichever thread is free (equal shares wait on a slower core)
+    atomic_int next_head;        // prefill: heads go to whichever thread is free (equal shares wait on a slower core)
 };
 
 // The latent mix of head h from the threads' partials of kattn phase 4: Σ_t w_t part_t / Σ_t w_t with
