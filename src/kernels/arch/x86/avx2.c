@@ -364,20 +364,23 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
+#include "kernels/arch/x86/qgemm_avx2.inc"
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
-// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels.
+// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels
+// (Q4_0 from GA_MIN_N x rows through qgemm_avx2.inc).
 QV_MM(qv_q8_0, PERI_TYPE_Q8_0, qmm_q8_0)
-QV_MM(qv_q4_0, PERI_TYPE_Q4_0, qmm_q4_0)
+QV_MM(qv_q4_0, PERI_TYPE_Q4_0, ga_q4_0)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
 
-// Q2_K to Q6_K against a Q8_K x row: decode (n == 1) through qkgemv_avx2.inc, n > 1 through the row kernels.
+// Q2_K to Q6_K against a Q8_K x row: decode (n == 1) through qkgemv_avx2.inc, n > 1 through the row kernels
+// (Q4_K and Q6_K from GA_MIN_N x rows through qgemm_avx2.inc).
 KV_MM(kv_q2_K, PERI_TYPE_Q2_K, qmm_q2_K)
 KV_MM(kv_q3_K, PERI_TYPE_Q3_K, qmm_q3_K)
-KV_MM(kv_q4_K, PERI_TYPE_Q4_K, qmm_q4_K)
+KV_MM(kv_q4_K, PERI_TYPE_Q4_K, ga_q4_K)
 KV_MM(kv_q5_K, PERI_TYPE_Q5_K, qmm_q5_K)
-KV_MM(kv_q6_K, PERI_TYPE_Q6_K, qmm_q6_K)
+KV_MM(kv_q6_K, PERI_TYPE_Q6_K, ga_q6_K)
 #undef KV_MM
 
 // ---- weight rows as float32 (peri_get_row, peri_f16_to_f32_row, the generic matmul path) ------------------------
