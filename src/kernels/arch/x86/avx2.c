@@ -368,8 +368,8 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
 // Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels
-// (Q4_0 from GA_MIN_N x rows through qgemm_avx2.inc).
-QV_MM(qv_q8_0, PERI_TYPE_Q8_0, qmm_q8_0)
+// (from GA_MIN_N x rows through qgemm_avx2.inc).
+QV_MM(qv_q8_0, PERI_TYPE_Q8_0, ga_q8_0)
 QV_MM(qv_q4_0, PERI_TYPE_Q4_0, ga_q4_0)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
