@@ -11,6 +11,7 @@ cur = None
 for line in txt.splitlines():
     m = re.match(r'## round (\d+) (\S+) (peri|llama.cpp)', line)
     if m: cur = (m.group(2), m.group(3)); continue
+    if line.startswith('## '): cur = None; continue   # depth and scaling runs are not rounds
     if not cur: continue
     ty, eng = cur
     d = res.setdefault(ty, {}).setdefault(eng, {'pp': [], 'tg': [], 'bound': []})
