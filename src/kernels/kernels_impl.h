@@ -96,6 +96,17 @@ const struct peri_kernel_set *peri_kernels_current(void);
 #endif
 #define PERI_INLINE static inline __attribute__((always_inline))
 
+// The y = x C kernels (peri_matmul_nn's, few x rows) read C's K rows, cs bytes apart, in order: one stream that the
+// hardware prefetchers take up too late. They ask for the whole of row r ahead (nothing past row K - 1), and before
+// their loop for rows 0 .. pf - 1.
+PERI_INLINE void peri_nn_prefetch_row(const char *c, size_t cs, int64_t r, int64_t K) {
+    if (r < K)
+        for (size_t o = 0; o < cs; o += 64) __builtin_prefetch(c + (size_t)r * cs + o, 0, 3);
+}
+PERI_INLINE void peri_nn_prefetch_start(const char *c, size_t cs, int64_t K, int64_t pf) {
+    for (int64_t r = 0; r < pf; r++) peri_nn_prefetch_row(c, cs, r, K);
+}
+
 // The row order of the decode (n == 1) kernels (docs/kernels.md, "4 streams"): passes of R rows (a constant) taken
 // from R streams far apart, rows j, j + Q, ..., j + (R - 1) Q with Q = m / R, so that the hardware prefetchers
 // run ahead on R streams instead of one; then the last m % R rows one at a time. PASS(r, w0, stride, out, wn, os)

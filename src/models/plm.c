@@ -762,10 +762,9 @@ static void heads_task(void *arg, int ith, int nth) {
             // ones are dequantized into the thread's scratch first (peri_matmul_nn would convert them per x row).
             const peri_tensor *W = J->L->wkvb;
             const int64_t r0 = h * (nope + vd);
-            const size_t rs = peri_row_size(W->type, R);
-            const void *cw = (const char *)W->data + (size_t)r0 * rs;
+            const void *cw = (const char *)W->data + (size_t)r0 * wrs;
             int ct = W->type;
-            size_t cs = rs;
+            size_t cs = wrs;
             if (J->n_rows > 4 && ct != PERI_TYPE_F32 && ct != PERI_TYPE_F16 && ct != PERI_TYPE_BF16) {
                 float *wt = x->wkbt + (int64_t)ith * R * nope;
                 for (int64_t d = 0; d < nope; d++) peri_get_row(W, r0 + d, wt + d * R);

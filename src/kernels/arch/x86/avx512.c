@@ -480,6 +480,7 @@ static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
 PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
                          int64_t K, int64_t m, int64_t n) {
     const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    peri_nn_prefetch_start(c, cs, K, NN_PF_ROWS);
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * ldx;
         float *yi = y + i * ldy;
@@ -490,9 +491,7 @@ PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t 
             for (int64_t k = 0; k < K; k++) {
                 const char *row = (const char *)c + (size_t)k * cs;
                 const float a = xi[k];
-                // C's rows are one stream; the hardware prefetcher alone leaves this loop waiting on memory
-                if (i == 0 && j0 == 0 && k + NN_PF_ROWS < K)
-                    for (size_t o = 0; o < cs; o += 64) _mm_prefetch(row + NN_PF_ROWS * cs + o, _MM_HINT_T0);
+                if (i == 0 && j0 == 0) peri_nn_prefetch_row(c, cs, k + NN_PF_ROWS, K);
                 // a times each block's scale, through memory: broadcasts from memory take a load port, not the
                 // shuffle port that the code lookups need (twice as fast in L1)
                 _Alignas(64) float fs[16] = {0};
@@ -554,8 +553,7 @@ MM_Q_NN(mm_q4_0_x16_nn, PERI_TYPE_Q4_0_X16)
 static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
                        int64_t m, int64_t n) {
     const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (int64_t k = 0; k < NN_PF_ROWS && k < K; k++)
-        for (size_t o = 0; o < cs; o += 64) _mm_prefetch((const char *)c + (size_t)k * cs + o, _MM_HINT_T0);
+    peri_nn_prefetch_start(c, cs, K, NN_PF_ROWS);
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * ldx;
         float *yi = y + i * ldy;
@@ -564,8 +562,7 @@ static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const
             PERI_UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
             for (int64_t k = 0; k < K; k++) {
                 const char *row = (const char *)c + (size_t)k * cs;
-                if (i == 0 && j0 == 0 && k + NN_PF_ROWS < K)
-                    for (size_t o = 0; o < cs; o += 64) _mm_prefetch(row + NN_PF_ROWS * cs + o, _MM_HINT_T0);
+                if (i == 0 && j0 == 0) peri_nn_prefetch_row(c, cs, k + NN_PF_ROWS, K);
                 const block_q4_K *bb = (const block_q4_K *)row + j0 / QK_K;
                 const __m512 a = _mm512_set1_ps(xi[k]);
                 _Alignas(16) uint8_t sm[16];
