@@ -1,6 +1,7 @@
 // PLM end to end on the fixtures of ../shared/fixtures/plm: logits, teacher-forced decode, greedy ids and
 // layer intermediates against llama.cpp and the float64 reference, in both cache modes (latent and full).
 #include "formats/safetensors.h"
+#include "runtime/model.h"
 #include "peri.h"
 #include "test.h"
 
@@ -444,6 +445,8 @@ static void check_long_prompt(void) {
     rmdir(dir);
 }
 
+static void run_fixtures(const char *shared, bool quants);
+
 int main(void) {
     // These checks compare with float64 references on dequantized weights (fixtures README, engine kind 1):
     // keep activations in float32 (exact mode); tests/test_kernels_plm.c checks the default integer path
@@ -453,10 +456,20 @@ int main(void) {
     if (!shared) return TEST_SKIP;
     g_verbose = getenv("PERI_TEST_VERBOSE") != NULL;
     if (getenv("PERI_TEST_THREADS")) g_threads = atoi(getenv("PERI_TEST_THREADS"));
-    check_long_prompt();
     const char *qt = getenv("PERI_TEST_QUANTS");   // "0": skip the quantized GGUFs
     bool quants = !qt || strcmp(qt, "0") != 0;
+    // Prefill on the latent cache has two forms (src/models/plm.c use_decompressed): every fixture in each.
+    for (int form = 1; form <= 2; form++) {
+        printf("# prefill form: %s\n", form == 1 ? "absorbed" : "decompressed");
+        peri_plm_set_prefill_form(form);
+        check_long_prompt();
+        run_fixtures(shared, quants);
+    }
+    peri_plm_set_prefill_form(0);
+    return TEST_END();
+}
 
+static void run_fixtures(const char *shared, bool quants) {
     // plm-tiny: f32 safetensors, bf16 safetensors, f32/f16/q8_0/q4_0 GGUF.
     if (open_fixture(shared, "plm-tiny") == 0) {
         struct expect st = {.prefill = {"hf_logits", "prefill_logits_f32"}, .prefill_tol = {1e-3, 1e-3},
@@ -583,5 +596,4 @@ int main(void) {
         }
         peri_safetensors_close(&g_exp);
     }
-    return TEST_END();
 }

@@ -21,6 +21,8 @@
 // Query rows per block in the blocked latent attention of prefill: the block's rows (times the heads) are the rows of
 // one small GEMM over the cache rows, so each cache row is read and converted from F16 once per block, not per row.
 #define PLM_QBLOCK 8
+// Query rows per block in the decompressed prefill (dattn_task): the rows of one GEMM against a head's keys.
+#define PLM_DBLOCK 64
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
@@ -61,6 +63,10 @@ struct plm_ctx {
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
     float *part_ml;              // [nth][2 * H]: each thread's per-head largest score and sum of exponentials
+    // Decompressed prefill (dattn_task), per thread in ff (unused by the absorbed form's buffers on that path):
+    // [latent rows as F32 (F16 cache only) | keys [nk][dk] | values [nk][vd] | scores [PLM_DBLOCK][dkeys]]
+    int64_t dkeys;               // most keys the decompressed prefill handles (0: never)
+    int64_t dscr_n;              // floats of scratch per thread
     float *rowbuf;               // [nth][rowbuf_n]
     int64_t rowbuf_n;
     // tensor_cb scratch (only when a callback is set)
@@ -353,6 +359,7 @@ static int plm_ctx_init(peri_context *c) {
     }
     x->esz = x->cache_f16 ? 2 : 4;
     x->ubatch = c->params.n_batch < PLM_UBATCH ? c->params.n_batch : PLM_UBATCH;
+    x->nth = peri_pool_size(c->pool);
     x->n_rows_max = nseq * x->ubatch;
     const int64_t N = x->n_rows_max;
     if (!x->full) {
@@ -391,8 +398,12 @@ static int plm_ctx_init(peri_context *c) {
         x->ff = alloc_n(nlat > nff ? nlat : nff, 4);
         x->qlat = x->ff;
         x->clat = x->ff ? x->ff + N * H * (R + p->rope) : NULL;
+        // The decompressed prefill's scratch shares it too: as many keys as the threads' shares of it hold.
+        const int64_t per_key = (x->cache_f16 ? R : 0) + p->dk + p->vdim + PLM_DBLOCK;
+        int64_t k = (nlat > nff ? nlat : nff) / ((int64_t)x->nth * per_key) / 16 * 16;
+        x->dkeys = k > nctx ? nctx : k >= 64 ? k : 0;
+        x->dscr_n = x->dkeys * per_key;
     }
-    x->nth = peri_pool_size(c->pool);
     x->scores = alloc_n((int64_t)x->nth * (x->full ? H * nctx : PLM_QBLOCK * H * score_ld(nctx)), 4);
     x->rowbuf_n = x->width_a > x->width_b ? x->width_a : x->width_b;
     x->rowbuf = alloc_n((int64_t)x->nth * x->rowbuf_n, 4);
@@ -780,6 +791,97 @@ static void heads_task(void *arg, int ith, int nth) {
     }
 }
 
+// Prefill on the latent cache in the decompressed form: each (batch row, head) unit expands the sequence's cached
+// latent rows into the head's keys and values, k_j = [W_kb,h c_j | k_rope,j] and v_j = W_vb,h c_j, and runs plain
+// causal attention on them, writing o_h straight into att. Per query row and key this costs dk + vd multiply-adds
+// where the absorbed form costs 2R + rope (320 against 1088 for PLM-1.8B), for nk (nope + vd) R to expand the keys:
+// about half the work for a prompt (use_decompressed decides; docs/plm.md "Prefill").
+struct dattn_job {
+    peri_context *c;
+    int64_t layer, n_seq, T;
+    atomic_int next;             // units (batch row, head) go to whichever thread is free
+};
+
+static void dattn_task(void *arg, int ith, int nth) {
+    (void)nth;
+    struct dattn_job *J = arg;
+    peri_context *c = J->c;
+    struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const struct plm_layer *L = &p->layers[J->layer];
+    const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope,
+                  nctx = c->params.n_ctx, nseq = c->params.n_seq_max, T = J->T, nkd = x->dkeys;
+    const float scale = 1.0f / sqrtf((float)dk);
+    float *lat = x->ff + (int64_t)ith * x->dscr_n;             // [nk][R] (F16 cache)
+    float *kh = lat + (x->cache_f16 ? nkd * R : 0);             // [nk][dk]
+    float *vh = kh + nkd * dk;                                  // [nk][vd]
+    float *sc = vh + nkd * vd;                                  // [PLM_DBLOCK][nkd]
+    int64_t lat_r = -1;                                         // the batch row whose latent rows are in lat
+    for (int u; (u = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed)) < J->n_seq * H;) {
+        const int64_t r = u / H, h = u % H, n0 = r * T, s = x->row_seq[n0], nk = x->row_slot[n0 + T - 1] + 1;
+        const char *rows = (const char *)x->cache_a + (size_t)((J->layer * nseq + s) * nctx) * (size_t)x->width_a * x->esz;
+        const size_t rs = (size_t)x->width_a * x->esz;
+        const float *cl = (const float *)rows;
+        int64_t ldl = x->width_a;
+        if (x->cache_f16) {
+            if (lat_r != r)
+                for (int64_t j = 0; j < nk; j++) peri_f16_to_f32_row(lat + j * R, (const uint16_t *)(rows + (size_t)j * rs), R);
+            lat_r = r, cl = lat, ldl = R;
+        }
+        // k_nope,j and v_j for every key: [nk x R] . W_kb,h^T and . W_vb,h^T (the head's rows of kv_b).
+        peri_matmul_ex(NULL, kh, dk, cl, ldl, L->wkvb, h * (nope + vd), nope, NULL, nk);
+        peri_matmul_ex(NULL, vh, vd, cl, ldl, L->wkvb, h * (nope + vd) + nope, vd, NULL, nk);
+        for (int64_t j = 0; j < nk; j++) {
+            const char *kr = rows + (size_t)j * rs + (size_t)R * x->esz;
+            if (x->cache_f16) peri_f16_to_f32_row(kh + j * dk + nope, (const uint16_t *)kr, rope);
+            else memcpy(kh + j * dk + nope, kr, sizeof(float) * (size_t)rope);
+        }
+        const peri_tensor kt = {.name = "decompressed keys", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {nk, dk},
+                                .data = kh, .nbytes = sizeof(float) * (size_t)(nk * dk)};
+        const uint8_t *valid = x->valid + s * nctx;
+        for (int64_t i0 = 0, i1; i0 < T; i0 = i1) {
+            i1 = i0 + PLM_DBLOCK < T ? i0 + PLM_DBLOCK : T;
+            const int64_t nb = x->row_slot[n0 + i1 - 1] + 1;   // keys the block's last row sees
+            peri_matmul_ex(NULL, sc, nkd, x->q + ((n0 + i0) * H + h) * dk, H * dk, &kt, 0, nb, NULL, i1 - i0);
+            for (int64_t i = i0; i < i1; i++) {
+                float *row = sc + (i - i0) * nkd;
+                const int64_t ni = x->row_slot[n0 + i] + 1;
+                scale_mask(row, valid, 0, ni, scale);
+                masked_softmax(row, ni, c->params.attn);
+                memset(row + ni, 0, sizeof(float) * (size_t)(nb - ni));   // later rows' keys
+            }
+            peri_matmul_nn(x->att + ((n0 + i0) * H + h) * vd, H * vd, sc, nkd, PERI_TYPE_F32, vh,
+                           sizeof(float) * (size_t)vd, nb, vd, i1 - i0);
+        }
+    }
+}
+
+// Test hook (model.h): 0 lets use_decompressed weigh the two forms, 1 forces the absorbed one, 2 the decompressed
+// one wherever its scratch allows.
+static atomic_int g_prefill_form;
+void peri_plm_set_prefill_form(int form) { atomic_store(&g_prefill_form, form); }
+
+// Whether this micro-batch attends in the decompressed form: prefill without a tensor callback (which wants the
+// absorbed form's probabilities and latent mixes), every row's keys within the scratch, and fewer multiply-adds.
+static bool use_decompressed(const peri_context *c, int64_t n_seq, int64_t T) {
+    const struct plm_ctx *x = c->arch;
+    const struct plm_model *p = c->model->arch;
+    const int form = atomic_load(&g_prefill_form);
+    if (x->full || T < 2 || !x->dkeys || c->params.tensor_cb || form == 1) return false;
+    const double expand = (double)((p->nope + p->vdim) * p->rank), dec_key = (double)(p->dk + p->vdim),
+                 abs_key = (double)(2 * p->rank + p->rope);
+    double dec = 0, abs = 0;
+    for (int64_t r = 0; r < n_seq; r++) {
+        const int64_t nk = x->row_slot[r * T + T - 1] + 1;
+        if (nk > x->dkeys) return false;
+        double keys = 0;   // Σ over the rows of the keys each one sees
+        for (int64_t i = 0; i < T; i++) keys += (double)(x->row_slot[r * T + i] + 1);
+        dec += (double)nk * expand + keys * dec_key;
+        abs += (double)T * expand + keys * abs_key;
+    }
+    return form == 2 || dec < abs;
+}
+
 static void emit(peri_context *c, const char *name, int l, int32_t seq, const float *data, int n_dims,
                  int64_t d0, int64_t d1, int64_t d2) {
     char nm[64];
@@ -875,6 +977,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
     // (so every head has a visible key) and no probabilities are kept, else in four phases.
     const bool ksplit = !x->full && N == 1 && x->row_slot[0] >= 64;
     const bool kfused = ksplit && !x->probs && x->valid[x->row_seq[0] * nctx + x->row_slot[0]];
+    const bool decomp = use_decompressed(c, b->n_seq, T);
 
     for (int64_t l = 0; l < p->n_layer; l++) {
         const struct plm_layer *L = &p->layers[l];
@@ -894,12 +997,12 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 size_t slot = (size_t)((l * nseq + x->row_seq[n]) * nctx + x->row_slot[n]);
                 store_row((char *)x->cache_a + slot * (size_t)x->width_a * x->esz, x->a + n * (R + rope), R + rope,
                           x->cache_f16);
-                for (int64_t h = 0; h < H; h++)
+                for (int64_t h = 0; h < H && !decomp; h++)
                     memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
                            sizeof(float) * (size_t)rope);
             }
             struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
-            peri_pool_run(c->pool, heads_task, &hj);
+            if (!decomp) peri_pool_run(c->pool, heads_task, &hj);
         } else {
             peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
             for (int64_t n = 0; n < N; n++) {
@@ -915,7 +1018,10 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 }
             }
         }
-        if (kfused) {
+        if (decomp) {
+            struct dattn_job dj = {.c = c, .layer = l, .n_seq = b->n_seq, .T = T};
+            peri_pool_run(c->pool, dattn_task, &dj);
+        } else if (kfused) {
             struct kattn_job kj = {c, l, 4};
             peri_pool_run(c->pool, kattn_task, &kj);
         } else if (ksplit) {
@@ -930,7 +1036,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             struct attn_job job = {c, l, N};
             peri_pool_run(c->pool, attn_task, &job);
         }
-        if (!x->full) {   // o_h = W_vb,h (Σ_j p_j c_j)
+        if (!x->full && !decomp) {   // o_h = W_vb,h (Σ_j p_j c_j)
             struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 1, .combine = kfused};
             peri_pool_run(c->pool, heads_task, &hj);
         }

@@ -93,5 +93,8 @@ void peri_model_output(peri_context *c, float *y, const float *x, int64_t n, con
 
 extern const struct peri_arch_ops peri_arch_pldr;
 extern const struct peri_arch_ops peri_arch_plm;
+// Tests only: how PLM prefill attends on the latent cache, process-wide. 0 (default) picks the form with fewer
+// multiply-adds per micro-batch, 1 the absorbed form, 2 the decompressed form where its scratch allows.
+void peri_plm_set_prefill_form(int form);
 
 #endif
