@@ -367,10 +367,13 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 #include "kernels/arch/x86/qgemm_avx2.inc"
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
-// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through qgemv_avx2.inc, n > 1 through the row kernels
-// (from GA_MIN_N x rows through qgemm_avx2.inc).
+// Q8_0, Q4_0 and Q5_0 against a Q8_0 x row, Q4_1 and Q5_1 against a Q8_1 one: decode (n == 1) through
+// qgemv_avx2.inc, n > 1 through the row kernels (Q8_0 and Q4_0 from GA_MIN_N x rows through qgemm_avx2.inc).
 QV_MM(qv_q8_0, PERI_TYPE_Q8_0, ga_q8_0)
 QV_MM(qv_q4_0, PERI_TYPE_Q4_0, ga_q4_0)
+QV_MM(qv_q4_1, PERI_TYPE_Q4_1, qmm_q4_1)
+QV_MM(qv_q5_0, PERI_TYPE_Q5_0, qmm_q5_0)
+QV_MM(qv_q5_1, PERI_TYPE_Q5_1, qmm_q5_1)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
 
@@ -648,9 +651,10 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
-        // the 256-bit row kernels, with Q8_0/Q4_0 and Q2_K-Q6_K at n == 1 through qgemv_avx2.inc and qkgemv_avx2.inc
-        [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
-        [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
+        // the 256-bit row kernels, with Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q2_K-Q6_K at n == 1 through qgemv_avx2.inc and
+        // qkgemv_avx2.inc
+        [PERI_TYPE_Q4_1] = {qv_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qv_q5_0, PERI_TYPE_Q8_0},
+        [PERI_TYPE_Q5_1] = {qv_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q5_K] = {kv_q5_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q6_K] = {kv_q6_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q2_K] = {kv_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {kv_q3_K, PERI_TYPE_Q8_K},
     },

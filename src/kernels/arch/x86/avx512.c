@@ -419,11 +419,16 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #define QMM_VNNI 0
 #include "kernels/arch/x86/qmm_x86.inc"
 #include "kernels/arch/x86/qgemm_vnni.inc"
+#define QV_MASK_BITS // Q5 high bits by masked byte adds (AVX-512 BW/VL)
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
-// Q8_0 and Q4_0 against a Q8_0 x row: decode (n == 1) through the 256-bit qgemv_avx2.inc, n > 1 as before.
-QV_MM(qv_q8_0, PERI_TYPE_Q8_0, qmm_q8_0)
+// Q8_0, Q4_0 and Q5_0 against a Q8_0 x row, Q4_1 and Q5_1 against a Q8_1 one: decode (n == 1) through the 256-bit
+// qgemv_avx2.inc, n > 1 through the row kernels (Q8_0 and Q4_0 from GB_MIN_N x rows through qgemm_vnni.inc).
+QV_MM(qv_q8_0, PERI_TYPE_Q8_0, gb_q8_0)
 QV_MM(qv_q4_0, PERI_TYPE_Q4_0, gb_q4_0)
+QV_MM(qv_q4_1, PERI_TYPE_Q4_1, qmm_q4_1)
+QV_MM(qv_q5_0, PERI_TYPE_Q5_0, qmm_q5_0)
+QV_MM(qv_q5_1, PERI_TYPE_Q5_1, qmm_q5_1)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
 
@@ -742,12 +747,12 @@ const struct peri_kernel_set peri_kset_avx512 = {
         [PERI_TYPE_F32] = {mm_f32, PERI_TYPE_F32},
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
-        // Q4_0, Q4_K, Q6_K: n >= GB_MIN_N through the tiled GEMM (qgemm_vnni.inc without vpdpbusd), else
-        // the row kernels of the other types; Q8_0 and Q4_0 at n == 1 through qgemv_avx2.inc, Q2_K to Q6_K
-        // through qkgemv_avx2.inc
+        // Q8_0, Q4_0, Q4_K, Q6_K: n >= GB_MIN_N through the tiled GEMM (qgemm_vnni.inc without vpdpbusd), else
+        // the row kernels of the other types; Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 at n == 1 through qgemv_avx2.inc,
+        // Q2_K to Q6_K through qkgemv_avx2.inc
         [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
-        [PERI_TYPE_Q4_1] = {qmm_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qmm_q5_0, PERI_TYPE_Q8_0},
-        [PERI_TYPE_Q5_1] = {qmm_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
+        [PERI_TYPE_Q4_1] = {qv_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qv_q5_0, PERI_TYPE_Q8_0},
+        [PERI_TYPE_Q5_1] = {qv_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q4_K] = {kv_q4_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q5_K] = {kv_q5_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q6_K] = {kv_q6_K, PERI_TYPE_Q8_K},
         [PERI_TYPE_Q2_K] = {kv_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {kv_q3_K, PERI_TYPE_Q8_K},
     },
