@@ -361,12 +361,12 @@ static void noop_cb(const char *name, int32_t seq, const float *data, int32_t n_
 }
 
 static void check_long_prompt(void) {
-    char dir[] = "/tmp/peri_plm_long_XXXXXX";
+    char dir[] = "/tmp/peri_plm_long_XXXXXX";   // 600 tokens: three micro-batches, and decode past 512 keys
     if (!mkdtemp(dir)) return;
     const char *cfg = "{\"model_type\": \"plm\", \"vocab_size\": 64, \"hidden_size\": 32, \"intermediate_size\": 64, "
                       "\"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2, "
                       "\"kv_lora_rank\": 16, \"q_lora_rank\": null, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, "
-                      "\"v_head_dim\": 8, \"max_position_embeddings\": 320, \"rope_theta\": 100000.0, "
+                      "\"v_head_dim\": 8, \"max_position_embeddings\": 640, \"rope_theta\": 100000.0, "
                       "\"rms_norm_eps\": 1e-6, \"hidden_act\": \"relu2\", \"tie_word_embeddings\": true}";
     int rc = peri_model_init_random(cfg, 7, dir);
     CHECKF(rc == 0, "init: %s", peri_last_error());
@@ -376,7 +376,7 @@ static void check_long_prompt(void) {
         CHECKF(rc == 0, "load random: %s", peri_last_error());
     }
     if (!rc) {
-        enum { L = 300, H1 = 150 };
+        enum { L = 600, H1 = 300 };
         const int V = peri_model_n_vocab(m);
         int32_t ids[L];
         for (int i = 0; i < L; i++) ids[i] = (i * 37 + 11) % V;
@@ -399,15 +399,21 @@ static void check_long_prompt(void) {
                         d = d2 > d ? d2 : d;
                     } else d = INFINITY;
                 }
-                CHECKF(d <= 1e-5, "long prompt (%s cache): one call vs two differ by %g", full ? "full" : "latent", d);
-                // One token per call after a 100-token prompt: decode attends with the keys split over the threads
-                // (latent cache, 64 keys and more); each step must give the one-call row.
-                peri_seq_clear(c, 0);
-                double ds = decode1(c, ids, 100, false) == 0 ? 0 : INFINITY;
-                for (int i = 100; i < 140 && ds < INFINITY; i++) {
-                    if (decode1(c, ids + i, 1, false) != 0) { ds = INFINITY; break; }
-                    double di = test_max_abs_diff(one + (size_t)i * V, peri_get_logits(c), (size_t)V);
-                    ds = di > ds ? di : ds;
+                // 2.1e-5 measured (default F16 latent cache, 600 tokens): the query blocks and the GEMMs' key chunks
+                // follow the micro-batch boundaries, so the two splits sum in different orders.
+                CHECKF(d <= 5e-5, "long prompt (%s cache): one call vs two differ by %g", full ? "full" : "latent", d);
+                // One token per call after a 100-token and a 560-token prompt: decode attends with the keys split
+                // over the threads (latent cache, 64 keys and more), in chunks of 256 keys per thread (more than one
+                // chunk at 560 keys on 2 threads); each step must give the one-call row.
+                double ds = 0;
+                for (int start = 100; start <= 560; start += 460) {
+                    peri_seq_clear(c, 0);
+                    if (decode1(c, ids, start, false) != 0) ds = INFINITY;
+                    for (int i = start; i < start + 40 && ds < INFINITY; i++) {
+                        if (decode1(c, ids + i, 1, false) != 0) { ds = INFINITY; break; }
+                        double di = test_max_abs_diff(one + (size_t)i * V, peri_get_logits(c), (size_t)V);
+                        ds = di > ds ? di : ds;
+                    }
                 }
                 CHECKF(ds <= 1e-4, "decode steps (%s cache) vs one call: %g", full ? "full" : "latent", ds);
             }

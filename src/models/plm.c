@@ -23,6 +23,8 @@
 #define PLM_QBLOCK 8
 // Query rows per block in the decompressed prefill (dattn_task): the rows of one GEMM against a head's keys.
 #define PLM_DBLOCK 64
+// Keys per chunk in one-row decode attention (kattn phase 4): 256 F16 latent rows are 288 KiB, well inside L2.
+#define PLM_KCHUNK 256
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
@@ -63,6 +65,7 @@ struct plm_ctx {
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
     float *part_ml;              // [nth][2 * H]: each thread's per-head largest score and sum of exponentials
+    float *kmix;                 // [nth][H * R + 2 * H]: a key chunk's latent mixes, largest scores, sums (kattn phase 4)
     // Decompressed prefill (dattn_task), per thread in ff (unused by the absorbed form's buffers on that path):
     // [latent rows as F32 (F16 cache only) | keys [nk][dk] | values [nk][vd] | scores [PLM_DBLOCK][dkeys]]
     int64_t dkeys;               // most keys the decompressed prefill handles (0: never)
@@ -329,7 +332,7 @@ static void plm_ctx_free(peri_context *c) {
     if (!x) return;
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv);
-    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml); free(x->probs); free(x->emit);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml); free(x->kmix); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -410,12 +413,13 @@ static int plm_ctx_init(peri_context *c) {
     if (!x->full) x->wkbt = alloc_n((int64_t)x->nth * R * p->nope, 4);
     if (!x->full) x->part = alloc_n((int64_t)x->nth * H * R, 4);
     if (!x->full) x->part_ml = alloc_n((int64_t)x->nth * 2 * H, 4);
+    if (!x->full) x->kmix = alloc_n((int64_t)x->nth * (H * R + 2 * H), 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml)) && x->row_seq && x->row_slot && x->row_pos;
+              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml && x->kmix)) && x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
         int64_t np = N * H * nctx;
@@ -682,28 +686,54 @@ static void kattn_task(void *arg, int ith, int nth) {
         if (J->phase == 2) memset(x->part + (int64_t)ith * H * R, 0, sizeof(float) * (size_t)(H * R));
         return;
     }
-    if (J->phase == 0 || J->phase == 4) {
-        const float scale = 1.0f / sqrtf((float)p->dk);
+    const float scale = 1.0f / sqrtf((float)p->dk);
+    if (J->phase == 0) {
         peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
         for (int64_t h = 0; h < H; h++) scale_mask(sc + h * nctx, valid, lo, hi, scale);
     }
-    if (J->phase == 4)
-        for (int64_t h = 0; h < H; h++) {
-            float *row = sc + h * nctx;
-            const float mt = row_max(row + lo, hi - lo);
-            if (mt == -INFINITY) {   // none of this thread's keys is visible: it contributes nothing
-                memset(row + lo, 0, sizeof(float) * (size_t)(hi - lo));
-                continue;
-            }
-            int64_t am = lo;
-            while (row[am] != mt) am++;   // a key with the largest score (NaN scores never compare equal: see row_max)
-            ml[2 * h] = mt;
-            peri_softmax(row + lo, hi - lo);   // exp(s - m_t) / l_t, and exp(0) / l_t at the largest score
-            ml[2 * h + 1] = 1.0f / row[am];
-        }
-    if (J->phase == 2 || J->phase == 4)
+    if (J->phase == 2)
         peri_matmul_nn(x->part + (int64_t)ith * H * R, R, sc + lo, nctx, kt.type, (const char *)kt.data + (size_t)lo * rs,
                        rs, hi - lo, R, H);
+    if (J->phase != 4) return;
+    // Phase 4 in chunks of PLM_KCHUNK keys, so that a chunk's cache rows are read from memory once for the scores
+    // and still in L2 for the mix (the thread's 2000 keys at depth 4096 are 2.3 MB as F16, more than L2). Each chunk
+    // gets its own softmax (its largest score m_c, sum of exponentials l_c) and normalized mix, merged into the
+    // thread's running (m_t, l_t, part_t) as heads_combine merges the threads'.
+    float *part = x->part + (int64_t)ith * H * R, *mix = x->kmix + (int64_t)ith * (H * R + 2 * H);
+    float *mc = mix + H * R, *lc = mc + H;   // per head: the chunk's largest score and sum of exponentials
+    for (int64_t c0 = lo, c1; c0 < hi; c0 = c1) {
+        c1 = c0 + PLM_KCHUNK < hi ? c0 + PLM_KCHUNK : hi;
+        peri_matmul_ex(NULL, sc + c0, nctx, x->qlat, R + rope, &kt, c0, c1 - c0, NULL, H);
+        for (int64_t h = 0; h < H; h++) {
+            float *row = sc + h * nctx;
+            scale_mask(row, valid, c0, c1, scale);
+            mc[h] = row_max(row + c0, c1 - c0);
+            if (mc[h] == -INFINITY) {   // none of the chunk's keys is visible: it contributes nothing
+                memset(row + c0, 0, sizeof(float) * (size_t)(c1 - c0));
+                continue;
+            }
+            int64_t am = c0;
+            while (row[am] != mc[h]) am++;   // a key with the largest score (NaN scores never compare equal: see row_max)
+            peri_softmax(row + c0, c1 - c0);   // exp(s - m_c) / l_c, and exp(0) / l_c at the largest score
+            lc[h] = 1.0f / row[am];
+        }
+        peri_matmul_nn(mix, R, sc + c0, nctx, kt.type, (const char *)kt.data + (size_t)c0 * rs, rs, c1 - c0, R, H);
+        for (int64_t h = 0; h < H; h++) {
+            if (mc[h] == -INFINITY) continue;
+            float *ph = part + h * R;
+            const float *xh = mix + h * R;
+            if (ml[2 * h] == -INFINITY) {
+                memcpy(ph, xh, sizeof(float) * (size_t)R);
+                ml[2 * h] = mc[h], ml[2 * h + 1] = lc[h];
+                continue;
+            }
+            const float M = mc[h] > ml[2 * h] ? mc[h] : ml[2 * h];
+            const float wo = expf(ml[2 * h] - M) * ml[2 * h + 1], wn = expf(mc[h] - M) * lc[h], z = wo + wn;
+            const float ao = wo / z, an = wn / z;
+            for (int64_t r = 0; r < R; r++) ph[r] = ao * ph[r] + an * xh[r];
+            ml[2 * h] = M, ml[2 * h + 1] = z;
+        }
+    }
 }
 
 struct heads_job {
