@@ -840,7 +840,7 @@ static void dattn_task(void *arg, int ith, int nth) {
     const struct plm_model *p = c->model->arch;
     const struct plm_layer *L = &p->layers[J->layer];
     const int64_t H = p->n_head, R = p->rank, dk = p->dk, vd = p->vdim, nope = p->nope, rope = p->rope,
-                  nctx = c->params.n_ctx, nseq = c->params.n_seq_max, T = J->T, nkd = x->dkeys;
+                  nctx = c->params.n_ctx, T = J->T, nkd = x->dkeys;
     const float scale = 1.0f / sqrtf((float)dk);
     float *lat = x->ff + (int64_t)ith * x->dscr_n;             // [nk][R] (F16 cache)
     float *kh = lat + (x->cache_f16 ? nkd * R : 0);             // [nk][dk]
@@ -849,7 +849,7 @@ static void dattn_task(void *arg, int ith, int nth) {
     int64_t lat_r = -1;                                         // the batch row whose latent rows are in lat
     for (int u; (u = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed)) < J->n_seq * H;) {
         const int64_t r = u / H, h = u % H, n0 = r * T, s = x->row_seq[n0], nk = x->row_slot[n0 + T - 1] + 1;
-        const char *rows = (const char *)x->cache_a + (size_t)((J->layer * nseq + s) * nctx) * (size_t)x->width_a * x->esz;
+        const char *rows = latent_rows(c, J->layer, s, nk).data;
         const size_t rs = (size_t)x->width_a * x->esz;
         const float *cl = (const float *)rows;
         int64_t ldl = x->width_a;
