@@ -398,12 +398,13 @@ static int plm_ctx_init(peri_context *c) {
         // buffer serves both (17 MiB less at 256 rows for PLM-1.8B, which keeps a 512-token prefill inside the
         // memory goal). ff owns it; qlat and clat point into it.
         const int64_t nlat = N * H * (R + p->rope) + N * H * R, nff = N * p->n_ff;
-        x->ff = alloc_n(nlat > nff ? nlat : nff, 4);
+        const int64_t nbuf = nlat > nff ? nlat : nff;
+        x->ff = alloc_n(nbuf, 4);
         x->qlat = x->ff;
         x->clat = x->ff ? x->ff + N * H * (R + p->rope) : NULL;
         // The decompressed prefill's scratch shares it too: as many keys as the threads' shares of it hold.
         const int64_t per_key = (x->cache_f16 ? R : 0) + p->dk + p->vdim + PLM_DBLOCK;
-        int64_t k = (nlat > nff ? nlat : nff) / ((int64_t)x->nth * per_key) / 16 * 16;
+        int64_t k = nbuf / ((int64_t)x->nth * per_key) / 16 * 16;
         x->dkeys = k > nctx ? nctx : k >= 64 ? k : 0;
         x->dscr_n = x->dkeys * per_key;
     }
@@ -1027,12 +1028,15 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
                 size_t slot = (size_t)((l * nseq + x->row_seq[n]) * nctx + x->row_slot[n]);
                 store_row((char *)x->cache_a + slot * (size_t)x->width_a * x->esz, x->a + n * (R + rope), R + rope,
                           x->cache_f16);
-                for (int64_t h = 0; h < H && !decomp; h++)
-                    memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
-                           sizeof(float) * (size_t)rope);
             }
-            struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 0};   // absorbed query: q_lat,h = W_kb,h^T q_nope,h
-            if (!decomp) peri_pool_run(c->pool, heads_task, &hj);
+            if (!decomp) {   // absorbed query: q_lat,h = [W_kb,h^T q_nope,h | q_rope,h]
+                for (int64_t n = 0; n < N; n++)
+                    for (int64_t h = 0; h < H; h++)
+                        memcpy(x->qlat + (n * H + h) * (R + rope) + R, x->q + (n * H + h) * dk + nope,
+                               sizeof(float) * (size_t)rope);
+                struct heads_job hj = {.c = c, .L = L, .n_rows = N, .out = 0};
+                peri_pool_run(c->pool, heads_task, &hj);
+            }
         } else {
             peri_matmul_ex(c->pool, x->kv, H * (nope + vd), x->a, R + rope, L->wkvb, 0, H * (nope + vd), NULL, N);
             for (int64_t n = 0; n < N; n++) {
