@@ -43,10 +43,11 @@ static void *make_weight(int type, int64_t M, int64_t K, float *wf) {
 }
 
 // The activation type the dispatcher will quantize x to for `type` (PERI_TYPE_F32: x stays float).
-static int x_type_now(int type) {
+static int x_type_now(int type, int64_t n) {
     const struct peri_kernel_set *ks = peri_kernels_current();
-    if (!ks->mm[type].fn || ks->mm[type].x_type == PERI_TYPE_F32 || peri_kernels_exact()) return PERI_TYPE_F32;
-    return ks->mm[type].x_type;
+    const struct peri_mm_kernel *e = &ks->mm[type];
+    if (!e->fn || e->x_type == PERI_TYPE_F32 || peri_kernels_exact() || n < e->min_n) return PERI_TYPE_F32;
+    return e->x_type;
 }
 
 // x quantized to xt and back (what the integer kernels multiply by); a copy of x for F32.
@@ -67,7 +68,10 @@ static void requantize(int xt, const float *x, float *xd, int64_t K) {
 // * integer-dot kernels multiply xd instead of x: sum |w| |x - xd| more, exactly the quantization error;
 //   their block sums are scaled separately (K-quants: scale part and min part), so the rounding term uses
 //   twice the block's largest |w| (a bound on each part) instead of |w|; Q8_1 carries sum(x) in fp16
-//   (2^-11 relative), times the block min (again at most that bound).
+//   (2^-11 relative), times the block min (again at most that bound);
+// * half-precision sums (F16 x: avx512fp16.c) round each multiply-add to F16, at most 2^-11 of the running
+//   partial sum, which is at most the sum of |w xd| of its block of 32 products: 32 * 2^-11 * sum|w xd| in all,
+//   plus 2^-25 per product where the partial sum is below F16's normal range.
 static double mm_tol(int type, int xt, const float *wr, const float *x, const float *xd, int64_t K) {
     double sabs = 0, qerr = 0, sblk = 0;
     int64_t bs = peri_type_traits(type)->blck_size;
@@ -83,6 +87,11 @@ static double mm_tol(int type, int xt, const float *wr, const float *x, const fl
     double t = (double)(K + 8) * 1.2e-7 * sabs + 1e-30;
     if (xt != PERI_TYPE_F32) t += qerr * (1 + 1e-6) + (double)(K + 8) * 2.4e-7 * sblk;
     if (xt == PERI_TYPE_Q8_1) t += sblk * 0x1p-10;
+    if (xt == PERI_TYPE_F16) {
+        double sd = 0;
+        for (int64_t k = 0; k < K; k++) sd += fabs((double)wr[k] * xd[k]);
+        t += 32 * 0x1p-11 * sd + (double)K * 0x1p-25;
+    }
     return t;
 }
 
@@ -113,7 +122,7 @@ static int check_matmul(peri_pool *pool, int type, int64_t M, int64_t K, int64_t
         peri_matmul_ref(NULL, yr, x, &W, bias, n);
     }
     int bad = 0;
-    int xt = x_type_now(type);
+    int xt = x_type_now(type, n);
     float *xd = malloc(sizeof(float) * (size_t)K);
     for (int64_t i = 0; i < n && !bad; i++) {
         requantize(xt, x + i * ldx, xd, K);
@@ -472,6 +481,70 @@ static void test_quantize_level(void) {
         CHECKF(ok, "SIMD quantizer %s at %s matches the reference byte for byte", tt->name, lvl);
         free(x), free(a), free(b);
     }
+    // F16 rows (a value at a time, so any length): random float bits (NaNs with payloads, infinities, subnormals,
+    // values that overflow) and exact ties halfway between two halves, at lengths around the vector width.
+    if (ks->quantize_x[PERI_TYPE_F16]) {
+        const struct peri_type_traits *tt = peri_type_traits(PERI_TYPE_F16);
+        int ok = 1;
+        for (int64_t len = 1; len <= 70 && ok; len++) {
+            float x[70];
+            uint16_t a[71], b[71];
+            for (int rep = 0; rep < 20 && ok; rep++) {
+                for (int64_t k = 0; k < len; k++) {
+                    uint32_t bits = (uint32_t)rnd() * 2654435761u ^ (uint32_t)rnd() << 7;
+                    if (rep % 2) { // halfway between half h and h + 1 (both finite)
+                        uint16_t h = (uint16_t)(bits % 0x7bff), h1 = (uint16_t)(h + 1), hs[2] = {h, h1};
+                        float f[2];
+                        tt->to_float(hs, f, 2);
+                        x[k] = (f[0] + f[1]) / 2 * (bits & 0x80000000u ? -1.0f : 1.0f);
+                    } else {
+                        memcpy(&x[k], &bits, sizeof bits);
+                    }
+                }
+                a[len] = b[len] = 0x5a5a;
+                ks->quantize_x[PERI_TYPE_F16](x, a, len);
+                tt->from_float(x, b, len);
+                for (int64_t k = 0; k <= len && ok; k++)
+                    if (a[k] != b[k]) {
+                        uint32_t xb = 0;
+                        if (k < len) memcpy(&xb, &x[k], sizeof xb);
+                        fprintf(stderr, "f16 row at %s, length %lld: value %lld (bits 0x%08x) gives 0x%04x, reference 0x%04x\n",
+                                lvl, (long long)len, (long long)k, xb, a[k], b[k]);
+                        ok = 0;
+                    }
+            }
+        }
+        CHECKF(ok, "SIMD f16 rows at %s match the reference byte for byte", lvl);
+    }
+}
+
+// Half-precision partial sums that leave F16's range (avx512fp16.c): x values within F16 (60000 and 1000, exact in
+// F16) whose products add up past 65504 must come out finite, as the float sums of the same operands.
+static void test_f16_overflow_level(peri_pool *pool) {
+    const int64_t M = 37, K = 70, n = 20;
+    float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+    void *w = make_weight(PERI_TYPE_F16, M, K, wf);
+    for (int64_t i = 0; i < n * K; i++) x[i] = (i % 3 ? 1000.0f : 60000.0f) * (rnd() % 4 ? 1.0f : -1.0f);
+    float *y = malloc(sizeof(float) * (size_t)(n * M)), *yr = malloc(sizeof(float) * (size_t)(n * M));
+    peri_tensor W = {.name = "w", .type = PERI_TYPE_F16, .n_dims = 2, .shape = {M, K}, .data = w,
+                     .nbytes = peri_row_size(PERI_TYPE_F16, K) * (size_t)M};
+    peri_matmul(pool, y, x, &W, NULL, n);
+    peri_matmul_ref(NULL, yr, x, &W, NULL, n);
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++)
+        for (int64_t j = 0; j < M && ok; j++) {
+            double sabs = 0;
+            for (int64_t k = 0; k < K; k++) sabs += fabs((double)wf[j * K + k] * x[i * K + k]);
+            double d = fabs((double)y[i * M + j] - yr[i * M + j]);
+            if (!(d <= (double)(K + 8) * 1.2e-7 * sabs)) {
+                fprintf(stderr, "f16 overflow at %s: y[%lld][%lld] = %g, reference %g\n",
+                        peri_kernels_level_name(peri_kernels_level()), (long long)i, (long long)j, y[i * M + j],
+                        yr[i * M + j]);
+                ok = 0;
+            }
+        }
+    CHECKF(ok, "F16 weights with partial sums beyond F16's range at %s", peri_kernels_level_name(peri_kernels_level()));
+    free(wf), free(w), free(x), free(y), free(yr);
 }
 
 // Exact mode (float activations), the pool's scratch against the stack chunks (n over several chunks), and
@@ -732,6 +805,7 @@ int main(int argc, char **argv) {
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);
+        test_f16_overflow_level(pool);
     }
     CHECK(levels >= 1);
     peri_kernels_set_level(best);

@@ -120,9 +120,96 @@ static void check_type(const char *fix, peri_safetensors *exp, const char *type)
     peri_model_free(m);
 }
 
+// F16 weights: at the avx512fp16 level, prefills of 12 rows or more round activations to F16 as llama.cpp does and
+// sum products in F16 partials (avx512fp16.c). Against llama.cpp's logits (F16 activations) and through the KL
+// divergence from exact mode. plm-tiny: input_ids then decode_ids in one prefill (19 rows; llama.cpp's prefill and
+// teacher-forced decode logits); plm-qwen-vocab (20 rows; llama.cpp's logits at logit_cols, and all of row 19).
+static void check_f16(const char *shared, const char *name) {
+    char fix[1100], p[1200];
+    snprintf(fix, sizeof fix, "%s/fixtures/plm/%s", shared, name);
+    snprintf(p, sizeof p, "%s/expected.safetensors", fix);
+    peri_safetensors exp;
+    if (peri_safetensors_open(&exp, p, true) != 0) {
+        printf("skip %s: %s\n", fix, peri_last_error());
+        return;
+    }
+    const int tiny = strcmp(name, "plm-tiny") == 0;
+    const peri_tensor *ids_t = peri_safetensors_find(&exp, "input_ids"),
+                      *dec_t = peri_safetensors_find(&exp, tiny ? "decode_ids" : "logit_cols"),
+                      *r0 = peri_safetensors_find(&exp, tiny ? "prefill_logits_f16" : "prefill_logits_cols"),
+                      *r1 = peri_safetensors_find(&exp, tiny ? "decode_logits_f16" : "prefill_logits_last");
+    CHECKF(ids_t && dec_t && r0 && r1, "%s: references missing", fix);
+    snprintf(p, sizeof p, "%s/model-f16.gguf", fix);
+    peri_model *m = NULL;
+    if (!ids_t || !dec_t || !r0 || !r1 || peri_model_load(p, peri_model_default_params(), &m) != 0) {
+        CHECKF(m != NULL, "load %s: %s", p, peri_last_error());
+        peri_safetensors_close(&exp);
+        return;
+    }
+    int32_t ids[MAX_T];
+    int T = (int)peri_tensor_nelem(ids_t), nd = (int)peri_tensor_nelem(dec_t);
+    if (T > MAX_T) T = MAX_T;
+    memcpy(ids, ids_t->data, sizeof(int32_t) * (size_t)T);
+    if (tiny) {
+        if (T + nd > MAX_T) nd = MAX_T - T;
+        memcpy(ids + T, dec_t->data, sizeof(int32_t) * (size_t)nd);
+        T += nd;
+    }
+    const int V = peri_model_n_vocab(m);
+    float *ex = malloc(sizeof(float) * (size_t)V * T), *q = malloc(sizeof(float) * (size_t)V * T);
+    for (int l = 1; l < PERI_KERNELS_LEVELS; l++) {
+        if (peri_kernels_set_level(l) != PERI_OK) continue;
+        peri_kernels_set_exact(true);
+        int ok = run(m, ids, T, 0, ex, V) == 0;
+        peri_kernels_set_exact(false);
+        if (!ok || run(m, ids, T, 0, q, V) != 0) continue;
+        // max |logit - llama.cpp's| over the reference entries, for the default and the exact run
+        double dq = 0, de = 0, kl_sum = 0, kl_max = 0;
+        int agree = 0;
+        const float *a = r0->data, *b = r1->data;
+        const int32_t *cols = dec_t->data;
+        for (int t = 0; t < T; t++) {
+            const float *lq = q + (size_t)t * V, *le = ex + (size_t)t * V;
+            if (tiny) {
+                const float *ref = t < T - nd ? a + (size_t)t * V : b + (size_t)(t - (T - nd)) * V;
+                for (int i = 0; i < V; i++)
+                    dq = fmax(dq, fabs((double)lq[i] - ref[i])), de = fmax(de, fabs((double)le[i] - ref[i]));
+            } else {
+                for (int j = 0; j < nd; j++) {
+                    const float ref = a[(size_t)t * nd + j];
+                    dq = fmax(dq, fabs((double)lq[cols[j]] - ref)), de = fmax(de, fabs((double)le[cols[j]] - ref));
+                }
+                if (t == T - 1)
+                    for (int i = 0; i < V; i++)
+                        dq = fmax(dq, fabs((double)lq[i] - b[i])), de = fmax(de, fabs((double)le[i] - b[i]));
+            }
+            double k = kl_row(le, lq, V);
+            kl_sum += k, kl_max = fmax(kl_max, k);
+            agree += argmax(le, V) == argmax(lq, V);
+        }
+        const char *lvl = peri_kernels_level_name(l);
+        // Exact mode stays within 3e-2 of llama.cpp (test_plm's bound for llama.cpp's F16 logits against float
+        // references). The half-precision partial sums add up to 32 * 2^-11 of sum |w x| per matmul (test_kernels'
+        // bound); here they move logits by up to 0.04 (4e-2 plm-tiny, 3.1e-2 plm-qwen-vocab) at a mean KL of 3e-5,
+        // thirty times less than 8-bit activations cost (0.001 above): bounds 0.1 and 2e-4. A wrong kernel
+        // moves logits by their whole spread (std 2.4).
+        CHECKF(de <= 3e-2, "%s at %s: %d-row exact prefill differs from llama.cpp by %g", p, lvl, T, de);
+        CHECKF(dq <= 0.1, "%s at %s: %d-row prefill differs from llama.cpp by %g", p, lvl, T, dq);
+        CHECKF(kl_sum / T <= 2e-4, "%s at %s: mean KL(exact || default) %g", p, lvl, kl_sum / T);
+        printf("%-14s f16    prefill %-10s: vs llama.cpp %.2g (exact mode: %.2g); KL(exact||default) mean %.2g max "
+               "%.2g; same top-1 %d/%d\n",
+               name, lvl, dq, de, kl_sum / T, kl_max, agree, T);
+    }
+    free(ex), free(q);
+    peri_model_free(m);
+    peri_safetensors_close(&exp);
+}
+
 int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) return TEST_SKIP;
+    check_f16(shared, "plm-tiny");
+    check_f16(shared, "plm-qwen-vocab");
     static const char *const sets[][8] = {
         {"plm-tiny", "q8_0", "q4_0", NULL},
         {"plm-small-kq", "q8_0", "q4_0", "q4_1", "q5_0", "q4_k_m", "q5_k_m", "q6_k"},

@@ -20,22 +20,29 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_info[256];
 
 static const char *const g_level_names[PERI_KERNELS_LEVELS] = {
-    "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot",
+    "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot", "avx512fp16",
 };
 static atomic_bool g_exact;
 #if defined(__x86_64__) || defined(__aarch64__)
-// A level that is another level's set with integer-dot matmul entries laid over it: avx512vnni over avx512 (vpdpbusd),
-// neondot over neon (vdotq_s32). One architecture has one such level, so one storage serves.
-static struct peri_kernel_set g_overlay_set;
+// A level that is another level's set with some matmul entries laid over it: avx512vnni over avx512 (vpdpbusd),
+// avx512fp16 over avx512vnni (vfmadd231ph), neondot over neon (vdotq_s32). Storage for two such levels.
+static struct peri_kernel_set g_overlay_sets[2];
 
-static const struct peri_kernel_set *overlay_set(const struct peri_kernel_set *base, const char *name, int level,
-                                                 const struct peri_mm_kernel mm[PERI_TYPE_COUNT]) {
-    g_overlay_set = *base;
-    g_overlay_set.name = name;
-    g_overlay_set.level = level;
-    for (int t = 0; t < PERI_TYPE_COUNT; t++)
-        if (mm[t].fn) g_overlay_set.mm[t] = mm[t];
-    return &g_overlay_set;
+// An entry whose x is not float32 keeps the base's float32-x kernel of its type as the exact-mode (and small-n)
+// fallback, where the base has no other.
+static const struct peri_kernel_set *overlay_set(int slot, const struct peri_kernel_set *base, const char *name,
+                                                 int level, const struct peri_mm_kernel mm[PERI_TYPE_COUNT]) {
+    struct peri_kernel_set *o = &g_overlay_sets[slot];
+    *o = *base;
+    o->name = name;
+    o->level = level;
+    for (int t = 0; t < PERI_TYPE_COUNT; t++) {
+        if (!mm[t].fn) continue;
+        if (mm[t].x_type != PERI_TYPE_F32 && !o->mm_exact[t].fn && base->mm[t].x_type == PERI_TYPE_F32)
+            o->mm_exact[t] = base->mm[t];
+        o->mm[t] = mm[t];
+    }
+    return o;
 }
 #endif
 
@@ -53,13 +60,18 @@ static void kernels_init(void) {
         g_sets[PERI_KERNELS_AVX512] = &peri_kset_avx512;
     if (g_sets[PERI_KERNELS_AVX512] && c->avx512vnni)
         g_sets[PERI_KERNELS_AVX512VNNI] =
-            overlay_set(&peri_kset_avx512, "avx512vnni", PERI_KERNELS_AVX512VNNI, peri_qmm_avx512vnni);
+            overlay_set(0, &peri_kset_avx512, "avx512vnni", PERI_KERNELS_AVX512VNNI, peri_qmm_avx512vnni);
+#if PERI_HAVE_AVX512FP16
+    if (g_sets[PERI_KERNELS_AVX512VNNI] && c->avx512fp16)
+        g_sets[PERI_KERNELS_AVX512FP16] = overlay_set(1, g_sets[PERI_KERNELS_AVX512VNNI], "avx512fp16",
+                                                      PERI_KERNELS_AVX512FP16, peri_mm_avx512fp16);
+#endif
 #endif
 #if defined(__aarch64__)
     g_sets[PERI_KERNELS_NEON] = &peri_kset_neon;
     if (peri_cpu()->neon_dotprod)
         g_sets[PERI_KERNELS_NEON_DOTPROD] =
-            overlay_set(&peri_kset_neon, "neondot", PERI_KERNELS_NEON_DOTPROD, peri_qmm_neon_dotprod);
+            overlay_set(0, &peri_kset_neon, "neondot", PERI_KERNELS_NEON_DOTPROD, peri_qmm_neon_dotprod);
 #endif
     int want = PERI_KERNELS_LEVELS - 1;
     const char *env = getenv("PERI_KERNELS");
@@ -312,9 +324,9 @@ static void quantize_x(peri_pool *pool, const struct qx_job *q) {
     else peri_pool_run(pool, qx_task, (void *)q);
 }
 
-static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type) {
+static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type, int64_t n) {
     const struct peri_mm_kernel *e = &ks->mm[type];
-    if (e->fn && e->x_type != PERI_TYPE_F32 && atomic_load_explicit(&g_exact, memory_order_relaxed))
+    if (e->fn && e->x_type != PERI_TYPE_F32 && (n < e->min_n || atomic_load_explicit(&g_exact, memory_order_relaxed)))
         e = &ks->mm_exact[type];
     return e;
 }
@@ -330,7 +342,7 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
                          (long long)max_K, (long long)max_n);
     int64_t Kr = (max_K + QK_K_RESERVE - 1) / QK_K_RESERVE * QK_K_RESERVE; // every activation type's block
     size_t xb = 0;
-    const int xts[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q8_1, PERI_TYPE_Q8_K};
+    const int xts[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q8_1, PERI_TYPE_Q8_K, PERI_TYPE_F16};
     for (size_t t = 0; t < sizeof xts / sizeof xts[0]; t++) {
         size_t rs = peri_row_size(xts[t], Kr);
         if (rs > xb) xb = rs;
@@ -358,7 +370,7 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
         return;
     }
     const struct peri_kernel_set *ks = peri_kernels_current();
-    const struct peri_mm_kernel *e = choose_kernel(ks, W->type);
+    const struct peri_mm_kernel *e = choose_kernel(ks, W->type, n);
     struct mm_job j = {
         .ks = ks, .fn = e->fn, .wtype = W->type, .y = y, .ldy = ldy, .x = (const char *)x,
         .xstride = (size_t)ldx * sizeof(float), .w = (const char *)W->data + (size_t)row0 * rs, .wstride = rs,

@@ -20,6 +20,7 @@ typedef void (*peri_mm_fn)(float *y, int64_t ldy, const void *x, size_t xstride,
 struct peri_mm_kernel {
     peri_mm_fn fn;   // NULL: generic path (dequantize rows and reuse the F32 kernel, or the type's dot_f32)
     int x_type;      // what x must be converted to before fn (PERI_TYPE_F32: used as is)
+    int min_n;       // fewer x rows (or exact mode, when x_type is not F32) take the set's mm_exact entry instead
 };
 
 struct peri_kernel_set {
@@ -77,6 +78,14 @@ const struct peri_qdot *peri_qdot_ref(int wtype);
 // copy of the AVX-512 set.
 #if defined(__x86_64__)
 extern const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT];
+#endif
+// The half-precision arithmetic GEMM of the AVX512-FP16 level (avx512fp16.c), laid over a copy of the avx512vnni
+// set; compilers older than GCC 12 / Clang 14 lack its intrinsics, and the level is then absent.
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 12))
+#define PERI_HAVE_AVX512FP16 1
+extern const struct peri_mm_kernel peri_mm_avx512fp16[PERI_TYPE_COUNT];
+#else
+#define PERI_HAVE_AVX512FP16 0
 #endif
 // The vdotq_s32 (ARMv8.2 dotprod) integer-dot entries (neon_dotprod.c), laid over a copy of the NEON set.
 #if defined(__aarch64__)

@@ -171,30 +171,7 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #define GP_ADD(a, b) _mm512_add_ps(a, b)
 #define GP_LOADU_N(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
 #define GP_STOREU_N(p, n, v) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
-// 16 x 16 floats transposed in place: pairs, then quads within 128-bit lanes, then the lanes.
-PERI_INLINE void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    PERI_UNROLL for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    PERI_UNROLL for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    PERI_UNROLL for (int i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
-        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
-    }
-    PERI_UNROLL for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    }
-}
+#include "kernels/arch/x86/transpose16.inc"
 #define GP_TRANSPOSE(t) transpose16(t)
 // Below 12 x rows (the 8 heads a thread scores in PLM's short-context decode attention, short prompts) the
 // dot-product tiles of mm_body beat the outer product, whose packing (a 16 x 16 transpose per 256 weights) is then
@@ -368,6 +345,22 @@ PERI_INLINE __m512 round_away(__m512 v) {
     __m512 frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
     __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
     return _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ), t, one);
+}
+
+// Float rows to F16 (the activations of the avx512fp16 level's GEMM), byte for byte peri_f32_to_f16: vcvtps2ph
+// rounds to nearest even as it does (subnormals, overflow to inf included); a NaN keeps its payload there, where
+// the reference makes every NaN sign | 0x7e00.
+static void f16_row(const float *x, void *dst, int64_t n) {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i < 16 ? (__mmask16)((1u << (n - i)) - 1) : (__mmask16)0xffff;
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        h = _mm256_mask_blend_epi16(nan, h, _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16((short)0x8000)),
+                                                            _mm256_set1_epi16(0x7e00)));
+        _mm256_mask_storeu_epi16(d + i, m, h);
+    }
 }
 
 static void quantize_q8_0(const float *x, void *dst, int64_t n) {
@@ -761,7 +754,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
         [PERI_TYPE_Q8_0] = {mm_q8_0, PERI_TYPE_F32},
         [PERI_TYPE_Q4_0] = {mm_q4_0, PERI_TYPE_F32},
     },
-    .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
+    .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K, [PERI_TYPE_F16] = f16_row},
     .dot = dot,
     .axpy = axpy,
     .layernorm = layernorm,
