@@ -52,7 +52,7 @@ static void check_logits_cmd(const char *fix, const peri_safetensors *exp) {
         snprintf(cmd, sizeof cmd, "%s logits -m %s --ids \"%s\" --decode-ids \"%s\" %s --out %s -t 2 2>%s/err.txt", bin, fix,
                  ids, dids, nocache ? "--no-cache" : "", out, tmpdir);
         CHECKF(sh(cmd) == 0, "%s", cmd);
-        size_t n;
+        size_t n = 0;
         float *got = (float *)slurp(out, &n);
         CHECKF(got && n == sizeof(float) * (size_t)(S + N) * V, "%s: logits file has %zu bytes, want %zu", fix, n,
                sizeof(float) * (size_t)(S + N) * V);

@@ -547,6 +547,34 @@ static void test_f16_overflow_level(peri_pool *pool) {
     free(wf), free(w), free(x), free(y), free(yr);
 }
 
+// Run-time operands (PERI_TENSOR_RUNTIME: PLM's F16 latent cache rows as the scores' weight) keep float32 x and sums
+// at every level: the float32 bound, which the half-precision sums of avx512fp16 exceed (about 1e-4 of sum |w x| at
+// K = 64, against 8.6e-6).
+static void test_runtime_operand_level(peri_pool *pool) {
+    const int64_t M = 40, K = 64, n = 24;
+    float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+    void *w = make_weight(PERI_TYPE_F16, M, K, wf);
+    for (int64_t i = 0; i < n * K; i++) x[i] = frand();
+    float *y = malloc(sizeof(float) * (size_t)(n * M)), *yr = malloc(sizeof(float) * (size_t)(n * M));
+    peri_tensor W = {.name = "cache", .type = PERI_TYPE_F16, .n_dims = 2, .shape = {M, K}, .data = w,
+                     .nbytes = peri_row_size(PERI_TYPE_F16, K) * (size_t)M, .flags = PERI_TENSOR_RUNTIME};
+    peri_matmul_ex(pool, y, M, x, K, &W, 0, M, NULL, n);
+    peri_matmul_ex_ref(NULL, yr, M, x, K, &W, 0, M, NULL, n);
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++)
+        for (int64_t j = 0; j < M && ok; j++) {
+            double tol = mm_tol(PERI_TYPE_F16, PERI_TYPE_F32, wf + j * K, x + i * K, x + i * K, K);
+            if (!(fabs((double)y[i * M + j] - yr[i * M + j]) <= tol)) {
+                fprintf(stderr, "run-time F16 operand at %s: y[%lld][%lld] = %.9g, reference %.9g (tol %.3g)\n",
+                        peri_kernels_level_name(peri_kernels_level()), (long long)i, (long long)j, y[i * M + j],
+                        yr[i * M + j], tol);
+                ok = 0;
+            }
+        }
+    CHECKF(ok, "run-time F16 operand keeps float32 sums at %s", peri_kernels_level_name(peri_kernels_level()));
+    free(wf), free(w), free(x), free(y), free(yr);
+}
+
 // Exact mode (float activations), the pool's scratch against the stack chunks (n over several chunks), and
 // rows too long for the stack buffer (float activations then).
 static void test_modes_level(peri_pool *pool) {
@@ -806,6 +834,7 @@ int main(int argc, char **argv) {
         test_quantize_level();
         test_modes_level(pool);
         test_f16_overflow_level(pool);
+        test_runtime_operand_level(pool);
     }
     CHECK(levels >= 1);
     peri_kernels_set_level(best);

@@ -324,9 +324,13 @@ static void quantize_x(peri_pool *pool, const struct qx_job *q) {
     else peri_pool_run(pool, qx_task, (void *)q);
 }
 
-static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type, int64_t n) {
+// The matmul entry for weight type `type`, n x rows: the integer-dot / half-precision entry unless exact mode, fewer
+// rows than it wants, or a run-time operand of a type whose fast entry is half precision (F16 cache rows).
+static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type, int64_t n, unsigned flags) {
     const struct peri_mm_kernel *e = &ks->mm[type];
-    if (e->fn && e->x_type != PERI_TYPE_F32 && (n < e->min_n || atomic_load_explicit(&g_exact, memory_order_relaxed)))
+    if (e->fn && e->x_type != PERI_TYPE_F32 &&
+        (n < e->min_n || ((flags & PERI_TENSOR_RUNTIME) && e->x_type == PERI_TYPE_F16) ||
+         atomic_load_explicit(&g_exact, memory_order_relaxed)))
         e = &ks->mm_exact[type];
     return e;
 }
@@ -370,7 +374,7 @@ void peri_matmul_ex(peri_pool *pool, float *y, int64_t ldy, const float *x, int6
         return;
     }
     const struct peri_kernel_set *ks = peri_kernels_current();
-    const struct peri_mm_kernel *e = choose_kernel(ks, W->type, n);
+    const struct peri_mm_kernel *e = choose_kernel(ks, W->type, n, W->flags);
     struct mm_job j = {
         .ks = ks, .fn = e->fn, .wtype = W->type, .y = y, .ldy = ldy, .x = (const char *)x,
         .xstride = (size_t)ldx * sizeof(float), .w = (const char *)W->data + (size_t)row0 * rs, .wstride = rs,

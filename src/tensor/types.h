@@ -91,7 +91,12 @@ typedef struct peri_tensor {
     int64_t shape[PERI_MAX_DIMS];
     const void *data;
     size_t nbytes;
+    unsigned flags;                 // PERI_TENSOR_*
 } peri_tensor;
+
+// Data computed at run time (a cache's rows) rather than a model weight: matmuls keep float32 activations and sums
+// for it (no F16 partial sums, avx512fp16.c), as attention scores are sensitive to them.
+#define PERI_TENSOR_RUNTIME 1u
 
 int64_t peri_tensor_nelem(const peri_tensor *t);
 
