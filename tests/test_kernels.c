@@ -71,7 +71,8 @@ static void requantize(int xt, const float *x, float *xd, int64_t K) {
 //   (2^-11 relative), times the block min (again at most that bound);
 // * half-precision sums (F16 x: avx512fp16.c) round each multiply-add to F16, at most 2^-11 of the running
 //   partial sum, which is at most the sum of |w xd| of its block of 32 products: 32 * 2^-11 * sum|w xd| in all,
-//   plus 2^-25 per product where the partial sum is below F16's normal range.
+//   plus 2^-25 per product where the partial sum is below F16's normal range (and BF16 weights, rounded to F16,
+//   2^-25 |xd| more per value below that range).
 static double mm_tol(int type, int xt, const float *wr, const float *x, const float *xd, int64_t K) {
     double sabs = 0, qerr = 0, sblk = 0;
     int64_t bs = peri_type_traits(type)->blck_size;
@@ -88,9 +89,11 @@ static double mm_tol(int type, int xt, const float *wr, const float *x, const fl
     if (xt != PERI_TYPE_F32) t += qerr * (1 + 1e-6) + (double)(K + 8) * 2.4e-7 * sblk;
     if (xt == PERI_TYPE_Q8_1) t += sblk * 0x1p-10;
     if (xt == PERI_TYPE_F16) {
-        double sd = 0;
-        for (int64_t k = 0; k < K; k++) sd += fabs((double)wr[k] * xd[k]);
+        double sd = 0, sx = 0;
+        for (int64_t k = 0; k < K; k++) sd += fabs((double)wr[k] * xd[k]), sx += fabs((double)xd[k]);
         t += 32 * 0x1p-11 * sd + (double)K * 0x1p-25;
+        // BF16 weights are rounded to F16: exact in its normal range, to 2^-25 below it (8 significant bits fit in 11)
+        if (type == PERI_TYPE_BF16) t += sx * 0x1p-25;
     }
     return t;
 }
@@ -519,15 +522,22 @@ static void test_quantize_level(void) {
 }
 
 // Half-precision partial sums that leave F16's range (avx512fp16.c): x values within F16 (60000 and 1000, exact in
-// F16) whose products add up past 65504 must come out finite, as the float sums of the same operands.
-static void test_f16_overflow_level(peri_pool *pool) {
+// F16) whose products add up past 65504 must come out finite, as the float sums of the same operands; and BF16
+// weights beyond F16's range (up to 3e6: inf once rounded to F16) with ordinary x.
+static void check_f16_overflow(peri_pool *pool, int type, float xmag, float wmag) {
     const int64_t M = 37, K = 70, n = 20;
+    const struct peri_type_traits *tt = peri_type_traits(type);
+    const size_t rs = peri_row_size(type, K);
     float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
-    void *w = make_weight(PERI_TYPE_F16, M, K, wf);
-    for (int64_t i = 0; i < n * K; i++) x[i] = (i % 3 ? 1000.0f : 60000.0f) * (rnd() % 4 ? 1.0f : -1.0f);
+    char *w = malloc(rs * (size_t)M);
+    for (int64_t r = 0; r < M; r++) {
+        for (int64_t k = 0; k < K; k++) wf[r * K + k] = frand() * wmag;
+        tt->from_float(wf + r * K, w + (size_t)r * rs, K);
+        tt->to_float(w + (size_t)r * rs, wf + r * K, K);
+    }
+    for (int64_t i = 0; i < n * K; i++) x[i] = (xmag > 1 && i % 3 ? 1000.0f : xmag) * (rnd() % 4 ? 1.0f : -1.0f);
     float *y = malloc(sizeof(float) * (size_t)(n * M)), *yr = malloc(sizeof(float) * (size_t)(n * M));
-    peri_tensor W = {.name = "w", .type = PERI_TYPE_F16, .n_dims = 2, .shape = {M, K}, .data = w,
-                     .nbytes = peri_row_size(PERI_TYPE_F16, K) * (size_t)M};
+    peri_tensor W = {.name = "w", .type = type, .n_dims = 2, .shape = {M, K}, .data = w, .nbytes = rs * (size_t)M};
     peri_matmul(pool, y, x, &W, NULL, n);
     peri_matmul_ref(NULL, yr, x, &W, NULL, n);
     int ok = 1;
@@ -535,16 +545,24 @@ static void test_f16_overflow_level(peri_pool *pool) {
         for (int64_t j = 0; j < M && ok; j++) {
             double sabs = 0;
             for (int64_t k = 0; k < K; k++) sabs += fabs((double)wf[j * K + k] * x[i * K + k]);
+            double tol = (double)(K + 8) * 1.2e-7 * sabs; // x (+-1, +-1000, +-60000) is exact in F16
             double d = fabs((double)y[i * M + j] - yr[i * M + j]);
-            if (!(d <= (double)(K + 8) * 1.2e-7 * sabs)) {
-                fprintf(stderr, "f16 overflow at %s: y[%lld][%lld] = %g, reference %g\n",
+            if (!(d <= tol)) {
+                fprintf(stderr, "%s overflow at %s: y[%lld][%lld] = %g, reference %g\n", tt->name,
                         peri_kernels_level_name(peri_kernels_level()), (long long)i, (long long)j, y[i * M + j],
                         yr[i * M + j]);
                 ok = 0;
             }
         }
-    CHECKF(ok, "F16 weights with partial sums beyond F16's range at %s", peri_kernels_level_name(peri_kernels_level()));
+    CHECKF(ok, "%s weights with partial sums beyond F16's range at %s", tt->name,
+           peri_kernels_level_name(peri_kernels_level()));
     free(wf), free(w), free(x), free(y), free(yr);
+}
+
+static void test_f16_overflow_level(peri_pool *pool) {
+    check_f16_overflow(pool, PERI_TYPE_F16, 60000.0f, 1.0f);
+    check_f16_overflow(pool, PERI_TYPE_BF16, 60000.0f, 1.0f);
+    check_f16_overflow(pool, PERI_TYPE_BF16, 1.0f, 3e6f);
 }
 
 // Run-time operands (PERI_TENSOR_RUNTIME: PLM's F16 latent cache rows as the scores' weight) keep float32 x and sums

@@ -120,11 +120,11 @@ static void check_type(const char *fix, peri_safetensors *exp, const char *type)
     peri_model_free(m);
 }
 
-// F16 weights: at the avx512fp16 level, prefills of 12 rows or more round activations to F16 as llama.cpp does and
-// sum products in F16 partials (avx512fp16.c). Against llama.cpp's logits (F16 activations) and through the KL
+// F16 and BF16 weights: at the avx512fp16 level, prefills of 12 rows or more round activations to F16 as llama.cpp
+// does for F16 weights and sum products in F16 partials (avx512fp16.c). Against llama.cpp's logits (F16 activations) and through the KL
 // divergence from exact mode. plm-tiny: input_ids then decode_ids in one prefill (19 rows; llama.cpp's prefill and
 // teacher-forced decode logits); plm-qwen-vocab (20 rows; llama.cpp's logits at logit_cols, and all of row 19).
-static void check_f16(const char *shared, const char *name) {
+static void check_f16(const char *shared, const char *name, const char *file) {
     char fix[1100], p[1200];
     snprintf(fix, sizeof fix, "%s/fixtures/plm/%s", shared, name);
     snprintf(p, sizeof p, "%s/expected.safetensors", fix);
@@ -139,7 +139,7 @@ static void check_f16(const char *shared, const char *name) {
                       *r0 = peri_safetensors_find(&exp, tiny ? "prefill_logits_f16" : "prefill_logits_cols"),
                       *r1 = peri_safetensors_find(&exp, tiny ? "decode_logits_f16" : "prefill_logits_last");
     CHECKF(ids_t && dec_t && r0 && r1, "%s: references missing", fix);
-    snprintf(p, sizeof p, "%s/model-f16.gguf", fix);
+    snprintf(p, sizeof p, "%s/%s", fix, file);
     peri_model *m = NULL;
     if (!ids_t || !dec_t || !r0 || !r1 || peri_model_load(p, peri_model_default_params(), &m) != 0) {
         CHECKF(m != NULL, "load %s: %s", p, peri_last_error());
@@ -196,9 +196,9 @@ static void check_f16(const char *shared, const char *name) {
         CHECKF(de <= 3e-2, "%s at %s: %d-row exact prefill differs from llama.cpp by %g", p, lvl, T, de);
         CHECKF(dq <= 0.1, "%s at %s: %d-row prefill differs from llama.cpp by %g", p, lvl, T, dq);
         CHECKF(kl_sum / T <= 2e-4, "%s at %s: mean KL(exact || default) %g", p, lvl, kl_sum / T);
-        printf("%-14s f16    prefill %-10s: vs llama.cpp %.2g (exact mode: %.2g); KL(exact||default) mean %.2g max "
+        printf("%-14s %-17s prefill %-10s: vs llama.cpp %.2g (exact mode: %.2g); KL(exact||default) mean %.2g max "
                "%.2g; same top-1 %d/%d\n",
-               name, lvl, dq, de, kl_sum / T, kl_max, agree, T);
+               name, file, lvl, dq, de, kl_sum / T, kl_max, agree, T);
     }
     free(ex), free(q);
     peri_model_free(m);
@@ -208,8 +208,10 @@ static void check_f16(const char *shared, const char *name) {
 int main(void) {
     const char *shared = test_shared_dir();
     if (!shared) return TEST_SKIP;
-    check_f16(shared, "plm-tiny");
-    check_f16(shared, "plm-qwen-vocab");
+    check_f16(shared, "plm-tiny", "model-f16.gguf");
+    check_f16(shared, "plm-qwen-vocab", "model-f16.gguf");
+    // BF16 weights (the same values as the F16 GGUF but 13 below 2^-17), rounded to F16 at avx512fp16
+    check_f16(shared, "plm-qwen-vocab", "model.safetensors");
     static const char *const sets[][8] = {
         {"plm-tiny", "q8_0", "q4_0", NULL},
         {"plm-small-kq", "q8_0", "q4_0", "q4_1", "q5_0", "q4_k_m", "q5_k_m", "q6_k"},

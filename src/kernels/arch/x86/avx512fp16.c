@@ -93,9 +93,21 @@ static void gh_tile_any(int mr, const uint32_t *xp, const uint32_t *P, int64_t k
     }
 }
 
+// 32 values of a weight row from value k (lanes past n are 0) as F16: F16 as stored; BF16 widened (a shift) and
+// rounded to F16, exact for |w| in F16's normal range (8 significant bits fit in 11); beyond 65504 it becomes inf,
+// which the store's check sends to the float32 sums.
+PERI_INLINE __m512i gh_load_w(int wt, const char *row, int64_t k, __mmask32 mask) {
+    const __m512i h = _mm512_maskz_loadu_epi16(mask, row + (size_t)k * sizeof(uint16_t));
+    if (wt == PERI_TYPE_F16) return h;
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+                              _mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 1);
+}
+
 // P[kp * GH_NP + c] = row c's halves (k0 + 2kp, k0 + 2kp + 1) for kp < (kc + 1) / 2, c < GH_NP (rows c >= nvalid
-// and halves past kc are 0): a panel of F16 rows (ws bytes apart), transposed 16 x 16 dwords at a time.
-static void gh_pack(uint32_t *P, const char *w, size_t ws, int nvalid, int64_t k0, int64_t kc) {
+// and halves past kc are 0): a panel of F16 or BF16 rows (ws bytes apart), transposed 16 x 16 dwords at a time.
+PERI_INLINE void gh_pack(int wt, uint32_t *P, const char *w, size_t ws, int nvalid, int64_t k0, int64_t kc) {
     const int64_t kpc = (kc + 1) / 2;
     for (int g = 0; g < GH_NV; g++) {
         const int c0 = g * 16;
@@ -104,10 +116,8 @@ static void gh_pack(uint32_t *P, const char *w, size_t ws, int nvalid, int64_t k
             const __mmask32 mask = halves == 32 ? ~(__mmask32)0 : (((__mmask32)1 << halves) - 1);
             __m512 t[16];
             PERI_UNROLL for (int c = 0; c < 16; c++)
-                t[c] = c0 + c < nvalid
-                           ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
-                                 mask, w + (size_t)(c0 + c) * ws + (size_t)(k0 + 2 * kb) * sizeof(uint16_t)))
-                           : _mm512_setzero_ps();
+                t[c] = c0 + c < nvalid ? _mm512_castsi512_ps(gh_load_w(wt, w + (size_t)(c0 + c) * ws, k0 + 2 * kb, mask))
+                                       : _mm512_setzero_ps();
             transpose16(t); // float shuffles move bits unchanged
             const int kn = (int)(kpc - kb < 16 ? kpc - kb : 16);
             for (int k = 0; k < kn; k++) _mm512_store_ps((float *)(P + (kb + k) * GH_NP + c0), t[k]);
@@ -144,20 +154,22 @@ PERI_INLINE __m512 gh_rows(const __m512 lo, const __m512 hi) {
     return _mm512_add_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
 }
 
-// sum_k x[k] w[k] over kc halves in float32 (F16C conversions and FMA): a chunk's outputs again where the half
-// sums left F16's range.
-static float gh_dot_f32(const uint16_t *x, const uint16_t *w, int64_t kc) {
+// sum_k x[k] w[k] over kc values in float32 (x F16, w F16 or BF16 as stored, both widened exactly): a chunk's
+// outputs again where the half sums left F16's range.
+static float gh_dot_f32(int wt, const uint16_t *x, const uint16_t *w, int64_t kc) {
     __m512 s = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; k += 16) {
         const __mmask16 m = kc - k < 16 ? (__mmask16)((1u << (kc - k)) - 1) : (__mmask16)0xffff;
-        s = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + k)),
-                            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + k)), s);
+        const __m256i wh = _mm256_maskz_loadu_epi16(m, w + k);
+        const __m512 wf = wt == PERI_TYPE_F16 ? _mm512_cvtph_ps(wh)
+                                              : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(wh), 16));
+        s = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + k)), wf, s);
     }
     return _mm512_reduce_add_ps(s);
 }
 
 // y[i0 + r][j0 + c] (=, plus bias, when first; else +=) the tile's sums for this chunk, r < mr, c < nc.
-static void gh_store(float *y, int64_t ldy, int mr, int nc, gh_acc a32, const float *bias, int first,
+static void gh_store(int wt, float *y, int64_t ldy, int mr, int nc, gh_acc a32, const float *bias, int first,
                      const uint16_t *x, int64_t lx, const char *w, size_t ws, int64_t k0, int64_t kc) {
     for (int v = 0; v < GH_NV; v++) {
         const int c0 = v * 16, cn = nc - c0 < 16 ? nc - c0 : 16;
@@ -170,7 +182,7 @@ static void gh_store(float *y, int64_t ldy, int mr, int nc, gh_acc a32, const fl
             if (_mm512_mask_fpclass_ps_mask(m, s, 0x99)) {
                 _Alignas(64) float t[16];
                 for (int c = 0; c < cn; c++)
-                    t[c] = gh_dot_f32(x + r * lx + k0, (const uint16_t *)(w + (size_t)(c0 + c) * ws) + k0, kc);
+                    t[c] = gh_dot_f32(wt, x + r * lx + k0, (const uint16_t *)(w + (size_t)(c0 + c) * ws) + k0, kc);
                 s = _mm512_maskz_load_ps(m, t);
             }
             float *yr = y + r * ldy + c0;
@@ -179,11 +191,11 @@ static void gh_store(float *y, int64_t ldy, int mr, int nc, gh_acc a32, const fl
     }
 }
 
-// y = x W^T: x n rows of F16 (xs bytes apart), W m rows of F16 (ws bytes apart), K values each. Blocks of GH_IB
+// y = x W^T: x n rows of F16 (xs bytes apart), W m rows of F16 or BF16 (ws bytes apart), K values each. Blocks of GH_IB
 // x rows against blocks of GH_JB weight rows, whose y block (192 KB) stays in L2 while the chunks of K pass: each
 // chunk's x rows are packed once and every weight panel of the block meets them.
-static void gh_mm_f16(float *y, int64_t ldy, const void *xv, size_t xs, const void *wv, size_t ws, int64_t K,
-                      int64_t m, int64_t n, const float *bias) {
+PERI_INLINE void gh_mm(int wt, float *y, int64_t ldy, const void *xv, size_t xs, const void *wv, size_t ws, int64_t K,
+                       int64_t m, int64_t n, const float *bias) {
     const uint16_t *x = xv;
     const char *w = wv;
     const int64_t lx = (int64_t)(xs / sizeof(uint16_t));
@@ -202,18 +214,27 @@ static void gh_mm_f16(float *y, int64_t ldy, const void *xv, size_t xs, const vo
                 gh_pack_x(xp, x + ib * lx, lx, nr, k0, kc);
                 for (int64_t j0 = jb; j0 < je; j0 += GH_NP) {
                     const int nc = (int)(je - j0 < GH_NP ? je - j0 : GH_NP);
-                    gh_pack(P, w + (size_t)j0 * ws, ws, nc, k0, kc);
+                    gh_pack(wt, P, w + (size_t)j0 * ws, ws, nc, k0, kc);
                     for (int i = 0; i < nr; i += GH_MR) {
                         const int mr = nr - i < GH_MR ? nr - i : GH_MR;
                         gh_tile_any(mr, xp + (size_t)(i / GH_MR) * (size_t)(kpc * GH_MR), P, kc / 2, (int)(kc & 1),
                                     a32);
-                        gh_store(y + (ib + i) * ldy + j0, ldy, mr, nc, a32, bias ? bias + j0 : NULL, k0 == 0,
+                        gh_store(wt, y + (ib + i) * ldy + j0, ldy, mr, nc, a32, bias ? bias + j0 : NULL, k0 == 0,
                                  x + (ib + i) * lx, lx, w + (size_t)j0 * ws, ws, k0, kc);
                     }
                 }
             }
         }
     }
+}
+
+static void gh_mm_f16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                      int64_t n, const float *bias) {
+    gh_mm(PERI_TYPE_F16, y, ldy, x, xs, w, ws, K, m, n, bias);
+}
+static void gh_mm_bf16(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                       int64_t n, const float *bias) {
+    gh_mm(PERI_TYPE_BF16, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
 
 #if defined(__clang__)
@@ -224,6 +245,7 @@ static void gh_mm_f16(float *y, int64_t ldy, const void *xv, size_t xs, const vo
 
 const struct peri_mm_kernel peri_mm_avx512fp16[PERI_TYPE_COUNT] = {
     [PERI_TYPE_F16] = {gh_mm_f16, PERI_TYPE_F16, GH_MIN_N},
+    [PERI_TYPE_BF16] = {gh_mm_bf16, PERI_TYPE_F16, GH_MIN_N},
 };
 
 #else
