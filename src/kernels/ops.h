@@ -84,7 +84,7 @@ enum peri_kernel_level {
     PERI_KERNELS_NEON = 3,   // AArch64 Advanced SIMD
     PERI_KERNELS_AVX512VNNI = 4, // AVX-512 plus VNNI (vpdpbusd) for the integer-dot kernels
     PERI_KERNELS_NEON_DOTPROD = 5, // NEON plus ARMv8.2 dotprod (vdotq_s32) for the integer-dot kernels
-    PERI_KERNELS_AVX512FP16 = 6,   // avx512vnni plus AVX512-FP16 (vfmadd231ph) for the F16-weight prefill GEMM
+    PERI_KERNELS_AVX512FP16 = 6,   // avx512vnni plus AVX512-FP16 (vfmadd231ph) for the F16/BF16-weight prefill GEMM
     PERI_KERNELS_LEVELS,
 };
 bool peri_kernels_supported(int level);
@@ -95,7 +95,7 @@ int peri_kernels_level(void);
 const char *peri_kernels_level_name(int level);
 
 // Quantized weights (Q8_0, Q4_0, Q4_K, ...) multiply activations quantized on the fly to 8 bits (Q8_0 /
-// Q8_1 / Q8_K, as ggml) by default; at the avx512fp16 level, F16 weights in prefill multiply activations rounded
+// Q8_1 / Q8_K, as ggml) by default; at the avx512fp16 level, F16 and BF16 weights in prefill multiply activations rounded
 // to F16 with half-precision partial sums (avx512fp16.c). Exact mode keeps activations in float32 for every type, so results
 // match the float reference (dequantize, then dot) up to the order of the sums; slower. Also set by the
 // environment variable PERI_KERNELS_EXACT=1 (read at the first kernel call). The ref level is always exact.

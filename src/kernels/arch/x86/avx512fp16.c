@@ -1,4 +1,4 @@
-// AVX512-FP16 prefill GEMM for F16 weights: vfmadd231ph multiplies and adds 32 halves per instruction, twice
+// AVX512-FP16 prefill GEMM for F16 and BF16 weights: vfmadd231ph multiplies and adds 32 halves per instruction, twice
 // the 16 floats of vfmadd231ps at the same rate (one core here: 368 against 173 GFLOPS). dispatch.c lays this
 // entry over a copy of the avx512vnni set to form the "avx512fp16" level; x86-64 only.
 //
@@ -10,9 +10,10 @@
 // divergence of the next-token distributions). Exact mode (peri_kernels_set_exact) and n < GH_MIN_N take the
 // avx512 level's float32 kernel instead. A partial sum that leaves F16's range (|s| > 65504) would be inf:
 // each tile's chunk is checked and, where any output is not finite, summed again in float32 from the same F16
-// operands (llama.cpp's arithmetic), so only an x that is itself beyond F16 gives inf, as in llama.cpp.
+// operands (llama.cpp's arithmetic), so only an x that is itself beyond F16 gives inf, as in llama.cpp. Run-time
+// operands (PERI_TENSOR_RUNTIME: cache rows) never come here (dispatch.c choose_kernel).
 //
-// Layout. Weights are F16 already, so packing only transposes: a panel holds GH_NP weight rows, and each
+// Layout. F16 weights are used as stored (BF16 ones rounded to F16 as they are packed), so packing transposes: a panel holds GH_NP weight rows, and each
 // 32-bit lane of P[kp][c] is row c's pair of halves (2kp, 2kp + 1). An x row contributes the same pair
 // broadcast as one dword (vpbroadcastd from memory is a load, where a 16-bit broadcast would also take a
 // shuffle port), so each lane pair (2c, 2c + 1) sums row c's even and odd k; they are added at the store.
