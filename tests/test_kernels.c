@@ -565,7 +565,7 @@ static void test_f16_overflow_level(peri_pool *pool) {
     check_f16_overflow(pool, PERI_TYPE_BF16, 1.0f, 3e6f);
 }
 
-// Run-time operands (PERI_TENSOR_RUNTIME: PLM's F16 latent cache rows as the scores' weight) keep float32 x and sums
+// Run-time operands (PERI_TENSOR_FLOAT_SUMS: PLM's F16 latent cache rows as the scores' weight) keep float32 x and sums
 // at every level: the float32 bound, which the half-precision sums of avx512fp16 exceed (about 1e-4 of sum |w x| at
 // K = 64, against 8.6e-6).
 static void test_runtime_operand_level(peri_pool *pool) {
@@ -575,7 +575,7 @@ static void test_runtime_operand_level(peri_pool *pool) {
     for (int64_t i = 0; i < n * K; i++) x[i] = frand();
     float *y = malloc(sizeof(float) * (size_t)(n * M)), *yr = malloc(sizeof(float) * (size_t)(n * M));
     peri_tensor W = {.name = "cache", .type = PERI_TYPE_F16, .n_dims = 2, .shape = {M, K}, .data = w,
-                     .nbytes = peri_row_size(PERI_TYPE_F16, K) * (size_t)M, .flags = PERI_TENSOR_RUNTIME};
+                     .nbytes = peri_row_size(PERI_TYPE_F16, K) * (size_t)M, .flags = PERI_TENSOR_FLOAT_SUMS};
     peri_matmul_ex(pool, y, M, x, K, &W, 0, M, NULL, n);
     peri_matmul_ex_ref(NULL, yr, M, x, K, &W, 0, M, NULL, n);
     int ok = 1;

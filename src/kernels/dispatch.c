@@ -325,11 +325,11 @@ static void quantize_x(peri_pool *pool, const struct qx_job *q) {
 }
 
 // The matmul entry for weight type `type`, n x rows: the integer-dot / half-precision entry unless exact mode, fewer
-// rows than it wants, or a run-time operand of a type whose fast entry is half precision (F16 cache rows).
+// rows than it wants, or an operand that asks for float32 sums where the entry would sum in half precision.
 static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *ks, int type, int64_t n, unsigned flags) {
     const struct peri_mm_kernel *e = &ks->mm[type];
     if (e->fn && e->x_type != PERI_TYPE_F32 &&
-        (n < e->min_n || ((flags & PERI_TENSOR_RUNTIME) && e->x_type == PERI_TYPE_F16) ||
+        (n < e->min_n || ((flags & PERI_TENSOR_FLOAT_SUMS) && e->x_type == PERI_TYPE_F16) ||
          atomic_load_explicit(&g_exact, memory_order_relaxed)))
         e = &ks->mm_exact[type];
     return e;

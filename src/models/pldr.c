@@ -68,6 +68,16 @@ static const peri_tensor *f32_weight(peri_model *m, const peri_tensor *src) {
     return t;
 }
 
+// A weight's view flagged PERI_TENSOR_FLOAT_SUMS (data shared): the reference computes in float32, and the power-law
+// attention magnifies half-precision sums (about 0.05 on the BF16 fixture's logits, tolerance 1e-3).
+static const peri_tensor *float_sums(peri_model *m, const peri_tensor *src) {
+    peri_tensor *t = src ? peri_model_alloc(m, sizeof *t) : NULL;
+    if (!t) return NULL;
+    *t = *src;
+    t->flags |= PERI_TENSOR_FLOAT_SUMS;
+    return t;
+}
+
 static int cfg_int(const json_value *cfg, const char *key, int64_t def, int required, int *out) {
     const json_value *v = json_get(cfg, key);
     if (required && (!v || v->type == JSON_NULL))
@@ -141,13 +151,13 @@ static int bind_glu(peri_model *m, pldr_model *p, const char *prefix, int in, in
     const peri_tensor *t;
     snprintf(n, sizeof n, "%s.gluw1.weight", prefix);
     if ((rc = peri_model_get(m, n, 2, s_up, &t))) return rc;
-    g->w1 = f32 ? f32_weight(m, t) : t;
+    g->w1 = f32 ? f32_weight(m, t) : float_sums(m, t);
     snprintf(n, sizeof n, "%s.gluw2.weight", prefix);
     if ((rc = peri_model_get(m, n, 2, s_up, &t))) return rc;
-    g->w2 = f32 ? f32_weight(m, t) : t;
+    g->w2 = f32 ? f32_weight(m, t) : float_sums(m, t);
     snprintf(n, sizeof n, "%s.gluw3.weight", prefix);
     if ((rc = peri_model_get(m, n, 2, s_dn, &t))) return rc;
-    g->w3 = f32 ? f32_weight(m, t) : t;
+    g->w3 = f32 ? f32_weight(m, t) : float_sums(m, t);
     if (!g->w1 || !g->w2 || !g->w3) return PERI_E_NOMEM;
     if (p->glu_bias) {
         snprintf(n, sizeof n, "%s.gluw1.bias", prefix);
@@ -176,6 +186,7 @@ static int bind_linear(peri_model *m, const char *prefix, int out, int in, int b
     int rc;
     snprintf(n, sizeof n, "%s.weight", prefix);
     if ((rc = peri_model_get(m, n, 2, s, w))) return rc;
+    if (!(*w = float_sums(m, *w))) return PERI_E_NOMEM;
     *b = NULL;
     if (!bias) return PERI_OK;
     snprintf(n, sizeof n, "%s.bias", prefix);
@@ -221,6 +232,7 @@ static int pldr_load(peri_model *m) {
 
     int64_t s_emb[2] = {p->V, D};
     if ((rc = peri_model_get(m, "decoder.embedding.weight", 2, s_emb, &p->emb))) return rc;
+    if (!(p->emb = float_sums(m, p->emb))) return PERI_E_NOMEM; // also the tied output matrix
     if ((rc = bind_ln(m, "decoder.layernorm1", D, &p->ln_emb_w, &p->ln_emb_b))) return rc;
     p->layers = peri_model_alloc(m, sizeof(pldr_layer) * (size_t)p->L);
     if (!p->layers) return PERI_E_NOMEM;

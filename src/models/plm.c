@@ -492,7 +492,7 @@ static peri_tensor latent_rows(const peri_context *c, int64_t l, int64_t s, int6
     peri_tensor t = {.name = "latent cache rows", .type = x->cache_f16 ? PERI_TYPE_F16 : PERI_TYPE_F32, .n_dims = 2,
                      .shape = {nk, x->width_a},
                      .data = (const char *)x->cache_a + (size_t)((l * nseq + s) * nctx) * (size_t)x->width_a * x->esz,
-                     .nbytes = (size_t)nk * (size_t)x->width_a * x->esz, .flags = PERI_TENSOR_RUNTIME};
+                     .nbytes = (size_t)nk * (size_t)x->width_a * x->esz, .flags = PERI_TENSOR_FLOAT_SUMS};
     return t;
 }
 

@@ -94,9 +94,9 @@ typedef struct peri_tensor {
     unsigned flags;                 // PERI_TENSOR_*
 } peri_tensor;
 
-// Data computed at run time (a cache's rows) rather than a model weight: matmuls keep float32 activations and sums
-// for it (no F16 partial sums, avx512fp16.c), as attention scores are sensitive to them.
-#define PERI_TENSOR_RUNTIME 1u
+// Matmuls keep float32 activations and sums for this operand (no F16 partial sums, avx512fp16.c): cache rows, whose
+// scores feed a softmax, and the weights of models whose reference computes in float32 (PLDR-LLM).
+#define PERI_TENSOR_FLOAT_SUMS 1u
 
 int64_t peri_tensor_nelem(const peri_tensor *t);
 

@@ -10,8 +10,8 @@
 // divergence of the next-token distributions). Exact mode (peri_kernels_set_exact) and n < GH_MIN_N take the
 // avx512 level's float32 kernel instead. A partial sum that leaves F16's range (|s| > 65504) would be inf:
 // each tile's chunk is checked and, where any output is not finite, summed again in float32 from the same F16
-// operands (llama.cpp's arithmetic), so only an x that is itself beyond F16 gives inf, as in llama.cpp. Run-time
-// operands (PERI_TENSOR_RUNTIME: cache rows) never come here (dispatch.c choose_kernel).
+// operands (llama.cpp's arithmetic), so only an x that is itself beyond F16 gives inf, as in llama.cpp. Operands
+// flagged PERI_TENSOR_FLOAT_SUMS (cache rows, PLDR-LLM's weights) never come here (dispatch.c choose_kernel).
 //
 // Layout. F16 weights are used as stored (BF16 ones rounded to F16 as they are packed), so packing transposes: a panel holds GH_NP weight rows, and each
 // 32-bit lane of P[kp][c] is row c's pair of halves (2kp, 2kp + 1). An x row contributes the same pair
