@@ -348,8 +348,10 @@ static void test_matmul_level(peri_pool *pool) {
         // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
         // chunks of up to 512 (AVX-512 x blocks of 288 rows, NEON 128; NEON tiles are 8 rows by 12 columns); x panels
         // two at a time with a partial block of one short panel (300 x 1000, 70 rows). {M, K, n}
+        // avx512fp16 (F16, BF16): blocks of 96 x rows and 512 weight rows, K chunks with an odd last one (1025), and
+        // 600 x 130 x 14 for a partial block of weight rows (without a pool: one call for all 600).
         static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
-                                        {170, 64, 90}, {64, 170, 90}, {300, 1000, 70}};
+                                        {170, 64, 90}, {64, 170, 90}, {300, 1000, 70}, {600, 130, 14}};
         for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)
             ok &= check_matmul(pool, type, gg[g][0], gg[g][1], gg[g][2], (int)(g & 1), (int)(g % 3 != 2));
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
