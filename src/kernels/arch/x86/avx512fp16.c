@@ -106,46 +106,39 @@ PERI_INLINE __m512i gh_load_w(int wt, const char *row, int64_t k, __mmask32 mask
                               _mm512_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 1);
 }
 
-// P[kp * GH_NP + c] = row c's halves (k0 + 2kp, k0 + 2kp + 1) for kp < (kc + 1) / 2, c < GH_NP (rows c >= nvalid
-// and halves past kc are 0): a panel of F16 or BF16 rows (ws bytes apart), transposed 16 x 16 dwords at a time.
-PERI_INLINE void gh_pack(int wt, uint32_t *P, const char *w, size_t ws, int nvalid, int64_t k0, int64_t kc) {
+// dst[kp * ds + c] = row c's halves (k0 + 2kp, k0 + 2kp + 1) for kp < (kc + 1) / 2 and the lanes c of smask, from
+// up to 16 rows of type wt (F16 or BF16, rs bytes apart; rows c >= nrows and halves past kc are 0): 16 pairs at a
+// time, as a 16 x 16 dword transpose (float shuffles move bits unchanged). Weight panels and x tiles alike.
+PERI_INLINE void gh_pairs(int wt, uint32_t *dst, int64_t ds, __mmask16 smask, const char *rows, size_t rs, int nrows,
+                          int64_t k0, int64_t kc) {
     const int64_t kpc = (kc + 1) / 2;
-    for (int g = 0; g < GH_NV; g++) {
-        const int c0 = g * 16;
-        for (int64_t kb = 0; kb < kpc; kb += 16) {
-            const int64_t halves = kc - 2 * kb < 32 ? kc - 2 * kb : 32;
-            const __mmask32 mask = halves == 32 ? ~(__mmask32)0 : (((__mmask32)1 << halves) - 1);
-            __m512 t[16];
-            PERI_UNROLL for (int c = 0; c < 16; c++)
-                t[c] = c0 + c < nvalid ? _mm512_castsi512_ps(gh_load_w(wt, w + (size_t)(c0 + c) * ws, k0 + 2 * kb, mask))
-                                       : _mm512_setzero_ps();
-            transpose16(t); // float shuffles move bits unchanged
-            const int kn = (int)(kpc - kb < 16 ? kpc - kb : 16);
-            for (int k = 0; k < kn; k++) _mm512_store_ps((float *)(P + (kb + k) * GH_NP + c0), t[k]);
-        }
+    for (int64_t kb = 0; kb < kpc; kb += 16) {
+        const int64_t halves = kc - 2 * kb < 32 ? kc - 2 * kb : 32;
+        const __mmask32 mask = halves == 32 ? ~(__mmask32)0 : (((__mmask32)1 << halves) - 1);
+        __m512 t[16];
+        PERI_UNROLL for (int c = 0; c < 16; c++)
+            t[c] = c < nrows ? _mm512_castsi512_ps(gh_load_w(wt, rows + (size_t)c * rs, k0 + 2 * kb, mask))
+                             : _mm512_setzero_ps();
+        transpose16(t);
+        const int kn = (int)(kpc - kb < 16 ? kpc - kb : 16);
+        for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps((float *)(dst + (kb + k) * ds), smask, t[k]);
     }
 }
 
-// xp[t][kp * GH_MR + r] = x row (12t + r)'s halves (k0 + 2kp, k0 + 2kp + 1) for the rows of a block (nr of them,
-// lx halves apart), kp < (kc + 1) / 2; a last single half pairs with 0. 16 pairs of 12 rows at a time, as a
-// 16 x 16 dword transpose of which 12 lanes are stored.
+// P[kp * GH_NP + c] = weight row c's pairs, c < GH_NP (rows c >= nvalid are 0): a panel of F16 or BF16 rows (ws
+// bytes apart).
+PERI_INLINE void gh_pack(int wt, uint32_t *P, const char *w, size_t ws, int nvalid, int64_t k0, int64_t kc) {
+    for (int c0 = 0; c0 < GH_NP; c0 += 16)
+        gh_pairs(wt, P + c0, GH_NP, 0xffff, w + (size_t)c0 * ws, ws, nvalid - c0, k0, kc);
+}
+
+// xp[t][kp * GH_MR + r] = x row (12t + r)'s pairs for the rows of a block (nr of them, lx halves apart): 12 of the
+// transpose's 16 lanes stored.
 static void gh_pack_x(uint32_t *xp, const uint16_t *x, int64_t lx, int nr, int64_t k0, int64_t kc) {
     const int64_t kpc = (kc + 1) / 2;
-    for (int t = 0; t * GH_MR < nr; t++) {
-        uint32_t *d = xp + (size_t)t * (size_t)(kpc * GH_MR);
-        const int rn = nr - t * GH_MR < GH_MR ? nr - t * GH_MR : GH_MR;
-        for (int64_t kb = 0; kb < kpc; kb += 16) {
-            const int64_t halves = kc - 2 * kb < 32 ? kc - 2 * kb : 32;
-            const __mmask32 mask = halves == 32 ? ~(__mmask32)0 : (((__mmask32)1 << halves) - 1);
-            __m512 v[16];
-            PERI_UNROLL for (int r = 0; r < 16; r++)
-                v[r] = r < rn ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, x + (t * GH_MR + r) * lx + k0 + 2 * kb))
-                              : _mm512_setzero_ps();
-            transpose16(v);
-            const int kn = (int)(kpc - kb < 16 ? kpc - kb : 16);
-            for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps((float *)(d + (kb + k) * GH_MR), 0x0fff, v[k]);
-        }
-    }
+    for (int t = 0; t * GH_MR < nr; t++)
+        gh_pairs(PERI_TYPE_F16, xp + (size_t)t * (size_t)(kpc * GH_MR), GH_MR, 0x0fff,
+                 (const char *)(x + (int64_t)t * GH_MR * lx), (size_t)lx * sizeof(uint16_t), nr - t * GH_MR, k0, kc);
 }
 
 // The 16 row sums of a32[r][v]: even lanes (k even) plus odd lanes, rows in order.
