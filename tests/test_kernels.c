@@ -486,6 +486,15 @@ static void test_quantize_level(void) {
         CHECKF(ok, "SIMD quantizer %s at %s matches the reference byte for byte", tt->name, lvl);
         free(x), free(a), free(b);
     }
+    // peri_f32_to_f16_row (PLM's F16 cache rows): the level's converter, or the reference where it has none.
+    {
+        float x[37];
+        uint16_t a[37], b[37];
+        for (int k = 0; k < 37; k++) x[k] = frand() * (k % 5 ? 1.0f : 1e-6f) * (k % 7 ? 1.0f : 1e5f);
+        peri_f32_to_f16_row(a, x, 37);
+        peri_type_traits(PERI_TYPE_F16)->from_float(x, b, 37);
+        CHECKF(!memcmp(a, b, sizeof a), "peri_f32_to_f16_row at %s matches the reference", lvl);
+    }
     // F16 rows (a value at a time, so any length): random float bits (NaNs with payloads, infinities, subnormals,
     // values that overflow) and exact ties halfway between two halves, at lengths around the vector width.
     if (ks->quantize_x[PERI_TYPE_F16]) {

@@ -152,6 +152,11 @@ void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n) {
     else peri_f16_to_f32_row_ref(y, x, n);
 }
 
+void peri_f32_to_f16_row(uint16_t *y, const float *x, int64_t n) {
+    peri_from_float_fn f = peri_kernels_current()->quantize_x[PERI_TYPE_F16];
+    (f ? f : peri_type_traits(PERI_TYPE_F16)->from_float)(x, y, n);
+}
+
 void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs, int64_t K,
                     int64_t m, int64_t n) {
     if (K <= 0 || m <= 0 || n <= 0) return;

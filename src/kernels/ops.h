@@ -61,6 +61,8 @@ void peri_silu_row(float *y, const float *x, int64_t n);
 void peri_swiglu(float *y, const float *a, const float *b, int64_t n);
 void peri_f16_to_f32_row(float *y, const uint16_t *x, int64_t n);     // exact, F16C where the CPU has it
 void peri_f16_to_f32_row_ref(float *y, const uint16_t *x, int64_t n);
+// Float rows to F16, byte for byte peri_f32_to_f16 (the level's quantize_x[F16] where it has one: AVX-512)
+void peri_f32_to_f16_row(uint16_t *y, const float *x, int64_t n);
 
 // RoPE on one head vector of dim d (rotating `n_rot` leading dims, n_rot <= d), position pos, base theta.
 //   interleaved (GPT-J / ggml NORM): pairs (2i, 2i+1);  half (NeoX): pairs (i, i + n_rot/2).

@@ -452,8 +452,7 @@ static int plm_ctx_init(peri_context *c) {
 
 static inline void store_row(void *dst, const float *src, int64_t n, bool f16) {
     if (f16) {
-        uint16_t *d = dst;
-        for (int64_t i = 0; i < n; i++) d[i] = peri_f32_to_f16(src[i]);
+        peri_f32_to_f16_row(dst, src, n);
     } else {
         memcpy(dst, src, sizeof(float) * (size_t)n);
     }
