@@ -32,12 +32,18 @@ QV_MM(qv_q5_1, PERI_TYPE_Q5_1, qmm_q5_1)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
 
-// Q2_K, Q3_K and Q5_K decode through the avx512 level's 4-row kernels of qkgemv_avx2.inc as well: the one-row
-// vpdpbusd kernels were slower (L2, 1 thread: Q5_K 12.0 against 17.7 GB/s). n > 1 through the vpdpbusd row kernels.
+// Q2_K and Q3_K decode through the avx512 level's 4-row kernels of qkgemv_avx2.inc as well: the one-row vpdpbusd
+// kernels were slower (L2, 1 thread: Q5_K 12.0 against 17.7 GB/s there). n > 1 through the vpdpbusd row kernels.
 KV_MM(kv_q2_K, PERI_TYPE_Q2_K, qmm_q2_K)
 KV_MM(kv_q3_K, PERI_TYPE_Q3_K, qmm_q3_K)
-KV_MM(kv_q5_K, PERI_TYPE_Q5_K, qmm_q5_K)
 #undef KV_MM
+
+// Q5_K decode on 512-bit vectors (qgemv_vnni.inc's Q4_K kernel with the fifth bits).
+static void gv_q5_K(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
+                    int64_t n, const float *bias) {
+    if (n == 1) qk_gemv(PERI_TYPE_Q5_K, y, (const block_q8_K *)x, (const char *)w, ws, K, m, bias);
+    else qmm_q5_K(y, ldy, x, xs, w, ws, K, m, n, bias);
+}
 
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -47,7 +53,7 @@ KV_MM(kv_q5_K, PERI_TYPE_Q5_K, qmm_q5_K)
 
 const struct peri_mm_kernel peri_qmm_avx512vnni[PERI_TYPE_COUNT] = {
     [PERI_TYPE_Q4_1] = {qv_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qv_q5_0, PERI_TYPE_Q8_0},
-    [PERI_TYPE_Q5_1] = {qv_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_K] = {kv_q5_K, PERI_TYPE_Q8_K},
+    [PERI_TYPE_Q5_1] = {qv_q5_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_K] = {gv_q5_K, PERI_TYPE_Q8_K},
     [PERI_TYPE_Q2_K] = {kv_q2_K, PERI_TYPE_Q8_K}, [PERI_TYPE_Q3_K] = {kv_q3_K, PERI_TYPE_Q8_K},
     // n == 1 on 512-bit vectors (qgemv_vnni.inc) for Q8_0/Q4_0; n >= GB_MIN_N through the tiled GEMM
     // (qgemm_vnni.inc); the rest as the other levels
