@@ -563,13 +563,12 @@ static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const
                 if (i == 0 && j0 == 0) peri_nn_prefetch_row(c, cs, k + NN_PF_ROWS, K);
                 const block_q4_K *bb = (const block_q4_K *)row + j0 / QK_K;
                 const __m512 a = _mm512_set1_ps(xi[k]);
-                _Alignas(16) uint8_t sm[16];
-                q_k4_scales(bb->scales, sm);   // scales of sub-blocks 0..7, then their mins
+                const __m128i sm = q_k4_scales_v(bb->scales);   // scales of sub-blocks 0..7, then their mins
                 // d sc and dmin m of the 8 sub-blocks in one vector, through memory: broadcasts from memory take a
                 // load port, not the shuffle port that the code lookups need
                 _Alignas(64) float f[16];
                 const __m512 dd = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(_cvtsh_ss(bb->d)), _mm512_set1_ps(_cvtsh_ss(bb->dmin)));
-                _mm512_store_ps(f, _mm512_mul_round_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)sm))), RN));
+                _mm512_store_ps(f, _mm512_mul_round_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sm)), RN));
                 PERI_UNROLL for (int p = 0; p < 4; p++) {
                     const __m512 d1 = _mm512_set1_ps(f[2 * p]), m1 = _mm512_set1_ps(f[8 + 2 * p]);
                     const __m512 d2 = _mm512_set1_ps(f[2 * p + 1]), m2 = _mm512_set1_ps(f[8 + 2 * p + 1]);
