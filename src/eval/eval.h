@@ -18,6 +18,7 @@ struct peri_eval_params {
     bool one_forward;     // harness semantics: each choice as one forward of context+continuation (for PLDR-LLM
                           // G then depends on the continuation); default: the context once, its caches reused
     bool add_bos;         // prepend the model's BOS token to every context
+    int32_t kv_type;      // enum peri_kv_type of the contexts' caches (PERI_KV_DEFAULT: PLM F16, as peri run)
 };
 struct peri_eval_params peri_eval_default_params(void);
 
@@ -79,6 +80,7 @@ struct peri_ppl_params {
                               // > 0: Hugging Face's strided sliding window
     int32_t n_threads;
     bool add_bos;             // chunks start with BOS (llama-perplexity replaces the first token of each chunk)
+    int32_t kv_type;          // enum peri_kv_type (0 = PERI_KV_DEFAULT)
     peri_progress_fn progress;
     void *progress_user;
 };

@@ -19,7 +19,8 @@ struct peri_eval_ctx {
 };
 
 struct peri_eval_params peri_eval_default_params(void) {
-    return (struct peri_eval_params){.n_ctx = 0, .n_threads = 0, .n_parallel = 1, .one_forward = false, .add_bos = false};
+    return (struct peri_eval_params){.n_ctx = 0, .n_threads = 0, .n_parallel = 1, .one_forward = false, .add_bos = false,
+                                      .kv_type = PERI_KV_DEFAULT};
 }
 
 // log softmax(row)[t] in double, and whether t is the (first) argmax.
@@ -35,8 +36,9 @@ static double token_logprob(const float *row, int32_t V, peri_token t, bool *is_
 }
 
 static int make_context(peri_model *m, int32_t n_ctx, int32_t n_batch, int32_t n_seq, int32_t n_threads,
-                        peri_context **out) {
+                        int32_t kv_type, peri_context **out) {
     struct peri_context_params cp = peri_context_default_params();
+    cp.kv_type = kv_type;
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch;
     cp.n_seq_max = n_seq;
@@ -69,7 +71,7 @@ int peri_eval_init(peri_model *model, const struct peri_eval_params *params, per
         peri_eval_free(e);
         return peri_fail(PERI_E_NOMEM, "out of memory");
     }
-    int rc = make_context(model, e->n_ctx, e->n_batch, e->n_seq, e->p.n_threads, &e->c);
+    int rc = make_context(model, e->n_ctx, e->n_batch, e->n_seq, e->p.n_threads, e->p.kv_type, &e->c);
     if (rc) {
         peri_eval_free(e);
         return rc;
@@ -380,7 +382,7 @@ int peri_perplexity(peri_model *model, const peri_token *tokens, int64_t n, cons
     // PLDR-LLM's G comes from the whole prefill: a window must be one call.
     int32_t n_batch = pldr ? n_ctx : (n_ctx < 512 ? n_ctx : 512);
     peri_context *c;
-    int rc = make_context(model, n_ctx, n_batch, 1, params->n_threads, &c);
+    int rc = make_context(model, n_ctx, n_batch, 1, params->n_threads, params->kv_type, &c);
     if (rc) return rc;
     peri_token *win = malloc(sizeof *win * (size_t)n_ctx);
     if (!win) {

@@ -11,7 +11,7 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: peri eval -m MODEL --task TASK[,TASK...] --data DIR [--limit N] [--out results.json]\n"
-               "                 [--ctx N] [--parallel N] [--one-forward] [--bos] [-t THREADS]\n"
+               "                 [--ctx N] [--parallel N] [--one-forward] [--bos] [--kv-f32] [-t THREADS]\n"
                "  TASK          %s (or all)\n"
                "  --data DIR    the folder of ../shared/data/eval (jsonl files, hellaswag_val_full.txt[.bz2])\n"
                "  --limit N     score the first N documents of each task\n"
@@ -20,7 +20,9 @@ static void usage(FILE *f) {
                "  --parallel N  score up to N choices side by side as separate sequences (default 1)\n"
                "  --one-forward score each choice as one forward of context+continuation, as the harness does\n"
                "                (default: the context once, its caches - and PLDR-LLM's G - reused for every choice)\n"
-               "  --bos         prepend BOS to every context (the harness's add_bos_token)\n",
+               "  --bos         prepend BOS to every context (the harness's add_bos_token)\n"
+               "  --kv-f32      PLM: cache in float32 (default f16, as llama.cpp; scores then differ from a float32\n"
+               "                reference by the f16 rounding of the cached latents)\n",
             peri_task_names());
 }
 
@@ -100,6 +102,8 @@ int peri_cmd_eval(int argc, char **argv) {
             ep.n_threads = (int32_t)v;
         } else if (!strcmp(a, "--one-forward")) ep.one_forward = true;
         else if (!strcmp(a, "--bos")) ep.add_bos = true;
+        else if (!strcmp(a, "--kv-f32")) ep.kv_type = PERI_KV_F32;
+        else if (!strcmp(a, "--kv-f16")) ep.kv_type = PERI_KV_F16;
         else return cli_error("eval", "unknown option '%s' (see peri eval --help)", a);
     }
     if (!model_path || !tasks || !data) {

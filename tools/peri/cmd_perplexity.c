@@ -10,12 +10,13 @@
 #include <unistd.h>
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: peri perplexity -m MODEL -f TEXT [--ctx N] [--stride S] [--bos] [-t THREADS]\n"
+    fprintf(f, "usage: peri perplexity -m MODEL -f TEXT [--ctx N] [--stride S] [--bos] [--kv-f32] [-t THREADS]\n"
                "  default: llama-perplexity's method: the text cut into chunks of --ctx tokens, each evaluated\n"
                "           alone and scored on its second half\n"
                "  --stride S  Hugging Face's strided sliding window: windows of --ctx tokens advanced by S, each\n"
                "              token scored once with up to ctx-S tokens of context\n"
                "  --bos       the first token of every chunk is replaced by BOS (llama-perplexity with add_bos)\n"
+               "  --kv-f32    PLM: cache in float32 (default f16, as llama.cpp)\n"
                "Prints the token count, the perplexity and its standard error (as llama.cpp computes it).\n");
 }
 
@@ -46,6 +47,8 @@ int peri_cmd_perplexity(int argc, char **argv) {
             if (!(val = cli_value("perplexity", argc, argv, &i)) || !cli_int("perplexity", a, val, 0, 1024, &v)) return 1;
             pp.n_threads = (int32_t)v;
         } else if (!strcmp(a, "--bos")) pp.add_bos = true;
+        else if (!strcmp(a, "--kv-f32")) pp.kv_type = PERI_KV_F32;
+        else if (!strcmp(a, "--kv-f16")) pp.kv_type = PERI_KV_F16;
         else return cli_error("perplexity", "unknown option '%s' (see peri perplexity --help)", a);
     }
     if (!model_path || !file) {
