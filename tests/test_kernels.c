@@ -270,7 +270,7 @@ static void test_matmul_nn_level(void) {
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
                                         {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300},
                                         {130, 300, 3}, {9, 512, 1}};   // few rows: several strips, one partial
-    // block types: their own kernel (AVX-512: Q8_0, Q4_0, Q4_0_X16) or the generic path (dequantize + axpy)
+    // block types: their own kernel (Q8_0, Q4_0; Q4_0_X16 at avx2 and avx512vnni) or the generic path (dequantize + axpy)
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,
                          PERI_TYPE_Q4_K};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -373,7 +373,8 @@ static void test_qdot_level(void) {
 #if defined(__x86_64__)
         // every type with an integer reference has an x86 kernel (a missing table entry would pass unnoticed); the
         // load-time layouts exist only where their kernel does (peri_repack_type's caller checks)
-        if (peri_kernels_level() != PERI_KERNELS_REF && (type != PERI_TYPE_Q4_0_X16 || peri_kernels_level() == PERI_KERNELS_AVX512VNNI))
+        if (peri_kernels_level() != PERI_KERNELS_REF && (type != PERI_TYPE_Q4_0_X16 || peri_kernels_level() == PERI_KERNELS_AVX512VNNI ||
+                                                        peri_kernels_level() == PERI_KERNELS_AVX2))
             CHECKF(simd, "%s at %s: no integer kernel", tt->name, lvl);
 #endif
         if (simd) CHECKF(e->x_type == qr->x_type, "%s at %s: x type %d, reference %d", tt->name, lvl, e->x_type, qr->x_type);

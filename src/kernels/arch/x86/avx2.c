@@ -2,6 +2,7 @@
 #if defined(__x86_64__)
 #include "kernels/kernels_impl.h"
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -371,6 +372,7 @@ static float sum8(const float *p, int64_t len, int64_t stride) {
 // qgemv_avx2.inc, n > 1 through the row kernels (Q8_0 and Q4_0 from GA_MIN_N x rows through qgemm_avx2.inc).
 QV_MM(qv_q8_0, PERI_TYPE_Q8_0, ga_q8_0)
 QV_MM(qv_q4_0, PERI_TYPE_Q4_0, ga_q4_0)
+QV_MM(qv_q4_0_x16, PERI_TYPE_Q4_0_X16, ga_q4_0_x16)
 QV_MM(qv_q4_1, PERI_TYPE_Q4_1, qmm_q4_1)
 QV_MM(qv_q5_0, PERI_TYPE_Q5_0, qmm_q5_0)
 QV_MM(qv_q5_1, PERI_TYPE_Q5_1, qmm_q5_1)
@@ -425,18 +427,27 @@ static void deq_q8_0(const void *src, float *y, int64_t n) {
     }
 }
 
+// One Q4_0 block's 16 code bytes at qs and its scale d: 32 floats.
+PERI_INLINE void deq_q4_0_block(const uint8_t *qs, float d0, float *y) {
+    const __m256i m4 = _mm256_set1_epi32(15), c8 = _mm256_set1_epi32(8);
+    const __m256 d = _mm256_set1_ps(d0);
+    PERI_UNROLL for (int h = 0; h < 2; h++) { // values 8h.. in the low nibbles, 16 + 8h.. in the high ones
+        __m256i v = u8x8(qs + 8 * h);
+        __m256i lo = _mm256_sub_epi32(_mm256_and_si256(v, m4), c8), hi = _mm256_sub_epi32(_mm256_srli_epi32(v, 4), c8);
+        _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d));
+        _mm256_storeu_ps(y + 16 + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d));
+    }
+}
+
 static void deq_q4_0(const void *src, float *y, int64_t n) {
     const block_q4_0 *x = src;
-    const __m256i m4 = _mm256_set1_epi32(15), c8 = _mm256_set1_epi32(8);
-    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) {
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[i].d));
-        PERI_UNROLL for (int h = 0; h < 2; h++) { // values 8h.. in the low nibbles, 16 + 8h.. in the high ones
-            __m256i v = u8x8(x[i].qs + 8 * h);
-            __m256i lo = _mm256_sub_epi32(_mm256_and_si256(v, m4), c8), hi = _mm256_sub_epi32(_mm256_srli_epi32(v, 4), c8);
-            _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d));
-            _mm256_storeu_ps(y + 16 + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d));
-        }
-    }
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) deq_q4_0_block(x[i].qs, _cvtsh_ss(x[i].d), y);
+}
+
+static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
+    const block_q4_0_x16 *x = src;
+    for (int64_t g = 0; g < n / QK4_0_X16; g++)
+        for (int j = 0; j < 16; j++, y += QK4_0) deq_q4_0_block(x[g].qs + 16 * j, _cvtsh_ss(x[g].d[j]), y);
 }
 
 // Q2_K: per 16 values (d * scale) * q - dmin * min; 2-bit codes as in qmm_x86.inc's q_row_k.
@@ -651,6 +662,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
         [PERI_TYPE_F16] = {mm_f16, PERI_TYPE_F32},
         [PERI_TYPE_BF16] = {mm_bf16, PERI_TYPE_F32},
         [PERI_TYPE_Q8_0] = {qv_q8_0, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_0] = {qv_q4_0, PERI_TYPE_Q8_0},
+        [PERI_TYPE_Q4_0_X16] = {qv_q4_0_x16, PERI_TYPE_Q8_0}, // Q4_0 repacked at load (tensor/repack.h)
         // the 256-bit row kernels, with Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q2_K-Q6_K at n == 1 through qgemv_avx2.inc and
         // qkgemv_avx2.inc
         [PERI_TYPE_Q4_1] = {qv_q4_1, PERI_TYPE_Q8_1}, [PERI_TYPE_Q5_0] = {qv_q5_0, PERI_TYPE_Q8_0},
@@ -672,7 +684,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .swiglu = swiglu,
     .sum8 = sum8,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
-                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
+                 [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q5_K] = deq_q5_K, [PERI_TYPE_Q6_K] = deq_q6_K},
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
