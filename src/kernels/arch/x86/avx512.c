@@ -414,6 +414,7 @@ static void quantize_q8_K(const float *x, void *dst, int64_t n) {
 #include "kernels/arch/x86/qgemm_vnni.inc"
 #define QV_MASK_BITS // Q5 high bits by masked byte adds (AVX-512 BW/VL)
 #define QV_GATHER_SCALES // measured on Intel's AVX-512 cores with the gather (AVX2 machines: scalar loads)
+#define QV_SW_PREFETCH   // and with software prefetch (AVX2 machines: the hardware prefetchers alone)
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
 // Q8_0, Q4_0 and Q5_0 against a Q8_0 x row, Q4_1 and Q5_1 against a Q8_1 one: decode (n == 1) through the 256-bit

@@ -22,6 +22,7 @@
 #include "kernels/arch/x86/qgemm_vnni.inc"
 #define QV_MASK_BITS // Q5 high bits by masked byte adds (AVX-512 BW/VL)
 #define QV_GATHER_SCALES // measured on Intel's AVX-512 cores with the gather (AVX2 machines: scalar loads)
+#define QV_SW_PREFETCH   // and with software prefetch (AVX2 machines: the hardware prefetchers alone)
 #include "kernels/arch/x86/qgemv_avx2.inc"
 
 // Q4_1, Q5_0 and Q5_1 decode (n == 1) through the 4-row kernels of qgemv_avx2.inc (vpmaddubsw; the avx512 level's
