@@ -187,6 +187,11 @@ PERI_INLINE __m256i lanes_below(int n) {
 #define GP_VL 8
 #define GP_NV 2
 #define GP_MR 6
+// Below these many x rows the dot-product tiles (mm_body) beat the GEMM, whose packing converts and transposes 16-bit
+// weights for few rows (Zen 3, 1 thread, GFLOPS of tiles / GEMM: F16 K 2048 n 16 58 / 43, n 32 61 / 58, n 48 59 /
+// 75; K 576 n 16 86 / 66 (PLM's attention at depth: 16 heads against the latent cache); BF16 n 16 59 / 43, n 32
+// 59 / 62; F32, packed by gp_xt without conversion, n 16 43 / 57).
+#define GP_MIN_N_OF(wt) ((wt) == PERI_TYPE_F16 ? 40 : (wt) == PERI_TYPE_BF16 ? 24 : 8)
 // x rows per block: 192 rows x 2 KB (0.75 MB, beyond a Zen 3 core's 512 KB L2) measured faster than 48 (which fits):
 // fewer repackings of the weight panel (F16 2048 x 2048 x 512, 2 threads: 146 -> 162 GFLOPS; 96-288 all between)
 #define GP_IB (32 * GP_MR)
