@@ -465,16 +465,7 @@ PERI_INLINE void deq_q4_0_block(const uint8_t *qs, float d0, float *y) {
     }
 }
 
-static void deq_q4_0(const void *src, float *y, int64_t n) {
-    const block_q4_0 *x = src;
-    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) deq_q4_0_block(x[i].qs, _cvtsh_ss(x[i].d), y);
-}
-
-static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
-    const block_q4_0_x16 *x = src;
-    for (int64_t g = 0; g < n / QK4_0_X16; g++)
-        for (int j = 0; j < 16; j++, y += QK4_0) deq_q4_0_block(x[g].qs + 16 * j, _cvtsh_ss(x[g].d[j]), y);
-}
+#include "kernels/arch/x86/deq_q4_0.inc"
 
 // Q2_K: per 16 values (d * scale) * q - dmin * min; 2-bit codes as in qmm_x86.inc's q_row_k.
 static void deq_q2_K(const void *src, float *y, int64_t n) {

@@ -461,16 +461,7 @@ PERI_INLINE void deq_q4_0_block(const uint8_t *qs, float d, float *y) {
     _mm512_storeu_ps(y + 16, _mm512_mul_round_ps(_mm512_cvtepi32_ps(hi), dv, RN));
 }
 
-static void deq_q4_0(const void *src, float *y, int64_t n) {
-    const block_q4_0 *x = src;
-    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0) deq_q4_0_block(x[i].qs, _cvtsh_ss(x[i].d), y);
-}
-
-static void deq_q4_0_x16(const void *src, float *y, int64_t n) {
-    const block_q4_0_x16 *x = src;
-    for (int64_t g = 0; g < n / QK4_0_X16; g++)
-        for (int j = 0; j < 16; j++, y += QK4_0) deq_q4_0_block(x[g].qs + 16 * j, _cvtsh_ss(x[g].d[j]), y);
-}
+#include "kernels/arch/x86/deq_q4_0.inc"
 
 // y = x C for quantized C (peri_matmul_nn; PLM's decode multiplies a head's 128 rows of W_kb this way): each x
 // row in strips of 256 columns held in 16 registers while all K rows of C pass; a block's scale is folded into its
