@@ -270,9 +270,9 @@ static void test_matmul_nn_level(void) {
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
                                         {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300},
                                         {130, 300, 3}, {9, 512, 1}};   // few rows: several strips, one partial
-    // block types: their own kernel (Q8_0, Q4_0; Q4_0_X16 at avx2 and avx512vnni) or the generic path (dequantize + axpy)
+    // block types: their own kernel (Q8_0, Q4_0; Q4_0_X16, Q4_K, Q5_K at avx2) or the generic path (dequantize + axpy)
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,
-                         PERI_TYPE_Q4_K};
+                         PERI_TYPE_Q4_K, PERI_TYPE_Q5_K};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int type = types[ti];
         const struct peri_type_traits *tt = peri_type_traits(type);
