@@ -123,19 +123,6 @@ PERI_INLINE void hv_rows(int wt, int R, const char *w, size_t ws, const float *x
     PERI_UNROLL for (int r = 0; r < R; r++) out[r * os] = hsum(_mm256_add_ps(a0[r], a1[r]));
 }
 
-// Rows [r0, r1) of the weights (ws bytes each) asked for ahead, a group of TC rows before the tiles read them: a
-// few weight rows against many x rows (PLM's attention scores, 16 heads against a chunk of the latent cache) read
-// each group in K chunks, jumping between rows, which the hardware prefetchers follow badly from memory (scores of
-// 2048 keys x 576 F16, 1 thread, after the caches were flushed: 0.70-0.92 ms without, 0.64-0.72 with; 0.45-0.63
-// ms from L3; a distance of 2 to 8 groups, or 2 MB pages for the cache, measured the same).
-PERI_INLINE void mm_prefetch_rows(const char *w, size_t ws, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
-        const char *p = w + (size_t)r * ws;
-        for (size_t o = 0; o < ws; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-        _mm_prefetch(p + ws - 1, _MM_HINT_T0);
-    }
-}
-
 #define XBLOCK 32
 #define KC 256 // floats of K per chunk: TC weight rows of it fit in L1
 
@@ -160,8 +147,12 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
         int64_t i1 = i0 + XBLOCK < n ? i0 + XBLOCK : n;
         for (int64_t j = 0; j < m;) {
             int full = j + TC <= m;
-            if (j == 0) mm_prefetch_rows(w, ws, 0, TC < m ? TC : m);
-            mm_prefetch_rows(w, ws, j + TC < m ? j + TC : m, j + 2 * TC < m ? j + 2 * TC : m);
+            // The next group of TC weight rows asked for ahead (and the first group before it): a few weight rows
+            // against many x rows (PLM's attention scores, 16 heads against a chunk of the latent cache) are read
+            // in K chunks, jumping between rows, which the hardware prefetchers follow badly from memory (scores of
+            // 2048 keys x 576 F16, 1 thread, after the caches were flushed: 0.70-0.92 ms without, 0.64-0.72 with;
+            // 0.45-0.63 ms from L3; a distance of 2 to 8 groups, or 2 MB pages for the cache, measured the same).
+            for (int64_t r = j == 0 ? 0 : j + TC; r < j + 2 * TC; r++) peri_nn_prefetch_row(w, ws, r, m);
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 int64_t k1 = K - k0 > KC ? k0 + KC : K;
                 int64_t i = i0;
@@ -257,69 +248,6 @@ static void mm_q4_0(float *y, int64_t ldy, const void *x, size_t xs, const void 
                     int64_t n, const float *bias) {
     mm_body(PERI_TYPE_Q4_0, y, ldy, x, xs, w, ws, K, m, n, bias);
 }
-
-// y = x C for C rows of Q8_0, Q4_0 or Q4_0_X16 (PLM's absorbed query on a quantized W_kb: 128 rows of 512 per head,
-// one x row): C's rows in order, each block multiplied into y (in L1) as (x_k d) * (q - 8) (Q8_0: (x_k d) * q)
-// straight from its codes. The generic path (each row dequantized into a buffer, then axpy) took 4.9% of a Q4_0
-// PLM-1.8B decode on Zen 3 (perf samples), this 3.7-3.9%; holding a strip of y in registers while the rows pass
-// (fewer loads and stores of y) measured the same, as the rows' bytes come from memory.
-PERI_INLINE void qnn_block(int wt, const char *row, int64_t b, float a, __m256 acc[4]) {
-    const __m128i *q;
-    peri_half d;
-    if (wt == PERI_TYPE_Q8_0) {
-        const block_q8_0 *bl = (const block_q8_0 *)row + b;
-        const __m256 f = _mm256_set1_ps(a * _cvtsh_ss(bl->d));
-        PERI_UNROLL for (int v = 0; v < 4; v++) {
-            const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(bl->qs + 8 * v)));
-            acc[v] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(c), acc[v]);
-        }
-        return;
-    }
-    if (wt == PERI_TYPE_Q4_0) {
-        const block_q4_0 *bl = (const block_q4_0 *)row + b;
-        q = (const __m128i *)bl->qs, d = bl->d;
-    } else {
-        const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + (b >> 4);
-        q = (const __m128i *)(g->qs + 16 * (b & 15)), d = g->d[b & 15];
-    }
-    const __m256 f = _mm256_set1_ps(a * _cvtsh_ss(d));
-    const __m256i m4 = _mm256_set1_epi32(15), e8 = _mm256_set1_epi32(8);
-    const __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q));                        // bytes 0..7
-    const __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const char *)q + 8))); // 8..15
-    // values 0..15 in the low nibbles, 16..31 in the high ones
-    acc[0] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c0, m4), e8)), acc[0]);
-    acc[1] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c1, m4), e8)), acc[1]);
-    acc[2] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c0, 4), e8)), acc[2]);
-    acc[3] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c1, 4), e8)), acc[3]);
-}
-
-PERI_INLINE void qnn_rows(int wt, float *y, int64_t ldy, const float *x, int64_t ldx, const char *c, size_t cs,
-                          int64_t K, int64_t m, int64_t n) {
-    const int64_t nb = m / 32;
-    for (int64_t i = 0; i < n; i++) {
-        float *yr = y + i * ldy;
-        for (int64_t k = 0; k < K; k++) {
-            const char *row = c + (size_t)k * cs;
-            const float a = x[i * ldx + k];
-            for (int64_t b = 0; b < nb; b++) {
-                __m256 acc[4];
-                if (k == 0) PERI_UNROLL for (int v = 0; v < 4; v++) acc[v] = _mm256_setzero_ps();
-                else PERI_UNROLL for (int v = 0; v < 4; v++) acc[v] = _mm256_loadu_ps(yr + 32 * b + 8 * v);
-                qnn_block(wt, row, b, a, acc);
-                PERI_UNROLL for (int v = 0; v < 4; v++) _mm256_storeu_ps(yr + 32 * b + 8 * v, acc[v]);
-            }
-        }
-    }
-}
-#define QNN(name, wt)                                                                                               \
-    static void name(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,      \
-                     int64_t m, int64_t n) {                                                                        \
-        qnn_rows(wt, y, ldy, x, ldx, (const char *)c, cs, K, m, n);                                                 \
-    }
-QNN(mm_q8_0_nn, PERI_TYPE_Q8_0)
-QNN(mm_q4_0_nn, PERI_TYPE_Q4_0)
-QNN(mm_q4_0_x16_nn, PERI_TYPE_Q4_0_X16)
-#undef QNN
 
 // ---- row helpers ------------------------------------------------------------------------------------------
 
@@ -642,36 +570,80 @@ static void deq_q5_K(const void *src, float *y, int64_t n) {
         deq_k45(1, x[i].scales, x[i].qs, x[i].qh, _cvtsh_ss(x[i].d), _cvtsh_ss(x[i].dmin), y, 0, 0.0f);
 }
 
-// y = x C for Q4_K / Q5_K rows (the absorbed query on a Q4_K_M file's W_kb), as the Q4_0 kernels above: each row's
-// values made as deq_k45 makes them (so they round as the dequantizer's) and added into y (in L1) times x_k, with
-// no dequantized copy (the generic path's copy and axpy took 6.4% of a Q4_K_M PLM-1.8B decode on Zen 3, this 4.8%).
-PERI_INLINE void knn_rows(int q5, float *y, int64_t ldy, const float *x, int64_t ldx, const char *c, size_t cs,
+// y = x C for C rows of Q8_0, Q4_0, Q4_0_X16, Q4_K or Q5_K (PLM's absorbed query on a quantized W_kb: 128 rows of
+// 512 per head, one x row): C's rows in order, each block's values multiplied by x_k and added into y (in L1)
+// straight from the codes, with no dequantized copy. The generic path (each row dequantized into a buffer, then
+// axpy) took 4.9% of a Q4_0 PLM-1.8B decode on Zen 3 (perf samples), this 3.7-3.9%; Q4_K_M 6.4% -> 4.8%. Holding a
+// strip of y in registers while the rows pass (fewer loads and stores of y) measured the same, as the rows' bytes
+// come from memory.
+
+// yb[0..31] += a * block b of a Q8_0 / Q4_0 / Q4_0_X16 row, as (a d) * q (Q8_0) or (a d) * (q - 8).
+PERI_INLINE void qnn_add_block(int wt, const char *row, int64_t b, float a, float *yb) {
+    __m256 v[4];
+    if (wt == PERI_TYPE_Q8_0) {
+        const block_q8_0 *bl = (const block_q8_0 *)row + b;
+        PERI_UNROLL for (int t = 0; t < 4; t++)
+            v[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(bl->qs + 8 * t))));
+        a *= _cvtsh_ss(bl->d);
+    } else {
+        const uint8_t *q;
+        peri_half d;
+        if (wt == PERI_TYPE_Q4_0) {
+            const block_q4_0 *bl = (const block_q4_0 *)row + b;
+            q = bl->qs, d = bl->d;
+        } else {
+            const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + (b >> 4);
+            q = g->qs + 16 * (b & 15), d = g->d[b & 15];
+        }
+        const __m256i m4 = _mm256_set1_epi32(15), e8 = _mm256_set1_epi32(8);
+        const __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));       // bytes 0..7
+        const __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8))); // bytes 8..15
+        // values 0..15 in the low nibbles, 16..31 in the high ones
+        v[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c0, m4), e8));
+        v[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c1, m4), e8));
+        v[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c0, 4), e8));
+        v[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c1, 4), e8));
+        a *= _cvtsh_ss(d);
+    }
+    const __m256 f = _mm256_set1_ps(a);
+    PERI_UNROLL for (int t = 0; t < 4; t++) _mm256_storeu_ps(yb + 8 * t, _mm256_fmadd_ps(f, v[t], _mm256_loadu_ps(yb + 8 * t)));
+}
+
+PERI_INLINE void qnn_rows(int wt, float *y, int64_t ldy, const float *x, int64_t ldx, const char *c, size_t cs,
                           int64_t K, int64_t m, int64_t n) {
+    const int kq = wt == PERI_TYPE_Q4_K || wt == PERI_TYPE_Q5_K;
+    const int64_t bs = kq ? QK_K : 32;   // values per block (K-quants: super-blocks, as deq_k45 makes them)
     for (int64_t i = 0; i < n; i++) {
         float *yr = y + i * ldy;
         memset(yr, 0, sizeof(float) * (size_t)m);
         for (int64_t k = 0; k < K; k++) {
+            const char *row = c + (size_t)k * cs;
             const float a = x[i * ldx + k];
-            for (int64_t b = 0; b < m / QK_K; b++) {
-                if (q5) {
-                    const block_q5_K *bl = (const block_q5_K *)(c + (size_t)k * cs) + b;
-                    deq_k45(1, bl->scales, bl->qs, bl->qh, _cvtsh_ss(bl->d), _cvtsh_ss(bl->dmin), yr + QK_K * b, 1, a);
+            for (int64_t b = 0; b < m / bs; b++) {
+                if (wt == PERI_TYPE_Q5_K) {
+                    const block_q5_K *bl = (const block_q5_K *)row + b;
+                    deq_k45(1, bl->scales, bl->qs, bl->qh, _cvtsh_ss(bl->d), _cvtsh_ss(bl->dmin), yr + bs * b, 1, a);
+                } else if (wt == PERI_TYPE_Q4_K) {
+                    const block_q4_K *bl = (const block_q4_K *)row + b;
+                    deq_k45(0, bl->scales, bl->qs, NULL, _cvtsh_ss(bl->d), _cvtsh_ss(bl->dmin), yr + bs * b, 1, a);
                 } else {
-                    const block_q4_K *bl = (const block_q4_K *)(c + (size_t)k * cs) + b;
-                    deq_k45(0, bl->scales, bl->qs, NULL, _cvtsh_ss(bl->d), _cvtsh_ss(bl->dmin), yr + QK_K * b, 1, a);
+                    qnn_add_block(wt, row, b, a, yr + bs * b);
                 }
             }
         }
     }
 }
-static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
-                       int64_t m, int64_t n) {
-    knn_rows(0, y, ldy, x, ldx, (const char *)c, cs, K, m, n);
-}
-static void mm_q5_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
-                       int64_t m, int64_t n) {
-    knn_rows(1, y, ldy, x, ldx, (const char *)c, cs, K, m, n);
-}
+#define QNN(name, wt)                                                                                               \
+    static void name(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,      \
+                     int64_t m, int64_t n) {                                                                        \
+        qnn_rows(wt, y, ldy, x, ldx, (const char *)c, cs, K, m, n);                                                 \
+    }
+QNN(mm_q8_0_nn, PERI_TYPE_Q8_0)
+QNN(mm_q4_0_nn, PERI_TYPE_Q4_0)
+QNN(mm_q4_0_x16_nn, PERI_TYPE_Q4_0_X16)
+QNN(mm_q4_K_nn, PERI_TYPE_Q4_K)
+QNN(mm_q5_K_nn, PERI_TYPE_Q5_K)
+#undef QNN
 
 static void deq_q6_K(const void *src, float *y, int64_t n) {
     const block_q6_K *x = src;
