@@ -47,6 +47,7 @@ static int x_type_now(int type, int64_t n) {
     const struct peri_kernel_set *ks = peri_kernels_current();
     const struct peri_mm_kernel *e = &ks->mm[type];
     if (!e->fn || e->x_type == PERI_TYPE_F32 || peri_kernels_exact() || n < e->min_n) return PERI_TYPE_F32;
+    if (e->f32_from_n && n >= e->f32_from_n && ks->mm_exact[type].fn) return PERI_TYPE_F32;
     return e->x_type;
 }
 
@@ -354,6 +355,12 @@ static void test_matmul_level(peri_pool *pool) {
                                         {170, 64, 90}, {64, 170, 90}, {300, 1000, 70}, {600, 130, 14}};
         for (size_t g = 0; tt->blck_size == 1 && g < sizeof gg / sizeof gg[0]; g++)
             ok &= check_matmul(pool, type, gg[g][0], gg[g][1], gg[g][2], (int)(g & 1), (int)(g % 3 != 2));
+        // Many x rows on block types: the integer GEMMs, and where a level routes them to the float GEMM (f32_from_n,
+        // AVX2's Q8_0) its K chunks of whole vectors that start inside a block (35 blocks of 32: 376, 376, 368) and x
+        // blocks of 192 rows with a partial one. {M, blocks, n}
+        static const int64_t gq[][3] = {{70, 35, 70}, {37, 5, 200}};
+        for (size_t g = 0; tt->blck_size > 1 && g < sizeof gq / sizeof gq[0]; g++)
+            ok &= check_matmul(pool, type, gq[g][0], gq[g][1] * (int64_t)tt->blck_size, gq[g][2], (int)g, 1);
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
     }
 }

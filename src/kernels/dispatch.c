@@ -337,6 +337,8 @@ static const struct peri_mm_kernel *choose_kernel(const struct peri_kernel_set *
         (n < e->min_n || ((flags & PERI_TENSOR_FLOAT_SUMS) && e->x_type == PERI_TYPE_F16) ||
          atomic_load_explicit(&g_exact, memory_order_relaxed)))
         e = &ks->mm_exact[type];
+    else if (e->fn && e->f32_from_n && n >= e->f32_from_n && ks->mm_exact[type].fn)
+        e = &ks->mm_exact[type];
     return e;
 }
 

@@ -21,6 +21,7 @@ struct peri_mm_kernel {
     peri_mm_fn fn;   // NULL: generic path (dequantize rows and reuse the F32 kernel, or the type's dot_f32)
     int x_type;      // what x must be converted to before fn (PERI_TYPE_F32: used as is)
     int min_n;       // fewer x rows (or exact mode, when x_type is not F32) take the set's mm_exact entry instead
+    int f32_from_n;  // 0, or from this many x rows on the mm_exact entry (float x): its float GEMM outruns fn's
 };
 
 struct peri_kernel_set {
