@@ -5,6 +5,7 @@
 #include "peri.h"
 #include "test.h"
 
+#include <math.h>
 #include <unistd.h>
 
 static const char *CFG =
@@ -36,6 +37,57 @@ static float *logits_of(const char *dir, const char *gfile, int *n_out) {
     peri_context_free(c);
     peri_model_free(m);
     return out;
+}
+
+// With a G that does not depend on the prompt, attention is causal: row i of one long prefill must give the logits
+// of a prefill of tokens 0..i, of a second call after a cached prefix, and of cached decode. 80 tokens are three
+// blocks of attn_task's query rows (PLDR_ABLOCK 32), so this checks each block's keys and causal mask.
+static void check_blocks(const char *dir) {
+    peri_model *m;
+    if (peri_model_load(dir, peri_model_default_params(), &m) != PERI_OK) { CHECKF(0, "%s", peri_last_error()); return; }
+    struct peri_context_params cp = peri_context_default_params();
+    cp.n_ctx = 96;
+    cp.n_batch = 96;
+    cp.logits_all = true;
+    cp.n_threads = 2;
+    peri_context *c;
+    CHECK(peri_context_init(m, cp, &c) == PERI_OK);
+    enum { T = 80 };
+    const int V = peri_model_n_vocab(m);
+    int32_t ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (i * 37 + 11) % V;
+    float *all = malloc(sizeof(float) * (size_t)T * V);
+    struct peri_batch b = {.n_seq = 1, .n_tokens = T, .tokens = ids, .logits_all = true};
+    CHECK(peri_decode(c, &b) == PERI_OK);
+    memcpy(all, peri_get_logits(c), sizeof(float) * (size_t)T * V);
+    double big = 0;
+    for (size_t i = 0; i < (size_t)T * V; i++) big = fabs(all[i]) > big ? fabs(all[i]) : big;
+    const double tol = 1e-5 * (1.0 + big);   // only the order of float sums differs
+    static const int ends[] = {0, 1, 31, 32, 33, 63, 64, 79};
+    for (size_t e = 0; e < sizeof ends / sizeof ends[0]; e++) {
+        peri_seq_clear(c, 0);
+        b = (struct peri_batch){.n_seq = 1, .n_tokens = ends[e] + 1, .tokens = ids, .logits_all = true};
+        CHECK(peri_decode(c, &b) == PERI_OK);
+        double dd = test_max_abs_diff(peri_get_logits(c) + (size_t)ends[e] * V, all + (size_t)ends[e] * V, (size_t)V);
+        CHECKF(dd <= tol, "prefill of %d tokens: last row differs from row %d of one prefill by %g", ends[e] + 1, ends[e], dd);
+    }
+    // a cached prefix of 10, then 70 tokens in one call (blocks of 32, 32, 6 after it), then 5 decoded one by one
+    peri_seq_clear(c, 0);
+    b = (struct peri_batch){.n_seq = 1, .n_tokens = 10, .tokens = ids, .logits_all = true};
+    CHECK(peri_decode(c, &b) == PERI_OK);
+    b = (struct peri_batch){.n_seq = 1, .n_tokens = 65, .tokens = ids + 10, .logits_all = true};
+    CHECK(peri_decode(c, &b) == PERI_OK);
+    double dd = test_max_abs_diff(peri_get_logits(c), all + (size_t)10 * V, (size_t)65 * V);
+    CHECKF(dd <= tol, "65 tokens after a cached prefix of 10 differ from one prefill by %g", dd);
+    for (int i = 75; i < T; i++) {
+        b = (struct peri_batch){.n_seq = 1, .n_tokens = 1, .tokens = ids + i, .logits_all = true};
+        CHECK(peri_decode(c, &b) == PERI_OK);
+        dd = test_max_abs_diff(peri_get_logits(c), all + (size_t)i * V, (size_t)V);
+        CHECKF(dd <= tol, "decoded token %d differs from row %d of one prefill by %g", i, i, dd);
+    }
+    free(all);
+    peri_context_free(c);
+    peri_model_free(m);
 }
 
 int main(void) {
@@ -100,6 +152,14 @@ int main(void) {
     free(l_id);
     free(l_ext);
     free(l_rnd);
+
+    char blk[300];
+    snprintf(blk, sizeof blk, "%s/blocks", dir);
+    snprintf(cfg, sizeof cfg, "{\"model_type\":\"pldrllm\",\"vocab_size\":64,\"hidden_size\":32,\"num_hidden_layers\":2,"
+             "\"num_attention_heads\":2,\"head_dim\":16,\"intermediate_size\":48,\"max_position_embeddings\":128,"
+             "\"custom_G_type\":\"random\"}");
+    CHECK(peri_model_init_random(cfg, 5, blk) == PERI_OK);
+    check_blocks(blk);
 
     // refusals
     peri_model *m;
