@@ -347,8 +347,8 @@ static void test_matmul_level(peri_pool *pool) {
         ok &= check_matmul(pool, type, 77, tt->blck_size > 1 ? 3 * tt->blck_size : 256, 35, 1, 1);
         // The float prefill GEMM (gemm_outer.inc): both drivers (weight panels for many x rows on a small weight,
         // x panels otherwise), 32-row panels with a partial one, 12-row tiles with a remainder, and K over several
-        // chunks of up to 512 (AVX-512 x blocks of 288 rows, NEON 128; NEON tiles are 8 rows by 12 columns); x panels
-        // two at a time with a partial block of one short panel (300 x 1000, 70 rows). {M, K, n}
+        // chunks of up to 512 (x blocks of 288 rows on AVX-512, 258 on AVX2, 128 on NEON; NEON tiles are 8 rows by 12
+        // columns); x panels two at a time with a partial block of one short panel (300 x 1000, 70 rows). {M, K, n}
         // avx512fp16 (F16, BF16): blocks of 96 x rows and 512 weight rows, K chunks with an odd last one (1025), and
         // 600 x 130 x 14 for a partial block of weight rows (without a pool: one call for all 600).
         static const int64_t gg[][3] = {{70, 2100, 45}, {20, 2100, 77}, {33, 1025, 12}, {100, 64, 300}, {13, 1030, 8},
@@ -357,8 +357,8 @@ static void test_matmul_level(peri_pool *pool) {
             ok &= check_matmul(pool, type, gg[g][0], gg[g][1], gg[g][2], (int)(g & 1), (int)(g % 3 != 2));
         // Many x rows on block types: the integer GEMMs, and where a level routes them to the float GEMM (f32_from_n,
         // AVX2's Q8_0) its K chunks of whole vectors that start inside a block (35 blocks of 32: 376, 376, 368) and x
-        // blocks of 192 rows with a partial one. {M, blocks, n}
-        static const int64_t gq[][3] = {{70, 35, 70}, {37, 5, 200}};
+        // blocks (AVX2: 258 rows) with a partial one. {M, blocks, n}
+        static const int64_t gq[][3] = {{70, 35, 70}, {37, 5, 300}};
         for (size_t g = 0; tt->blck_size > 1 && g < sizeof gq / sizeof gq[0]; g++)
             ok &= check_matmul(pool, type, gq[g][0], gq[g][1] * (int64_t)tt->blck_size, gq[g][2], (int)g, 1);
         CHECKF(ok, "matmul %s at level %s, %d cases", tt->name, peri_kernels_level_name(peri_kernels_level()), cases);
