@@ -354,7 +354,7 @@ typedef struct {
     float *lA, *lin, *lg1, *lg2, *lt;              // [R][d], [R][d], [R][A_dff], [R][A_dff], [R][d]
     // per-thread attention scratch: scores [PLDR_ABLOCK][n_ctx] + qG [PLDR_ABLOCK][d]
     float *att;
-    int att_stride;
+    size_t att_stride;
     // per-thread scratch for A_raw: a head's q columns, transposed ([d][n_batch])
     float *tq;
     size_t tq_stride;
@@ -407,7 +407,7 @@ static int pldr_ctx_init(peri_context *c) {
         CTX_ALLOC(x->lA, R * p->d); CTX_ALLOC(x->lin, R * p->d); CTX_ALLOC(x->lt, R * p->d);
         CTX_ALLOC(x->lg1, R * p->A_dff); CTX_ALLOC(x->lg2, R * p->A_dff);
     }
-    x->att_stride = (int)(PLDR_ABLOCK * (T + (size_t)p->d) + 16);
+    x->att_stride = PLDR_ABLOCK * (T + (size_t)p->d) + 16;
     CTX_ALLOC(x->att, (size_t)peri_pool_size(c->pool) * x->att_stride);
     CTX_ALLOC(x->logit_x, S * D);
     if (p->custom_g == G_LEARNED) {
@@ -617,12 +617,14 @@ static void attn_task(void *arg, int ith, int nth) {
                 float *row = sc + (size_t)i * n_all;
                 const int n_keys = past + i0 + i + 1;
                 float mx = -INFINITY;
+                int any = 0;
                 for (int j = 0; j < n_keys; j++)
                     if (ok[j]) {
                         row[j] *= scale;
                         if (row[j] > mx) mx = row[j];
+                        any = 1;
                     }
-                if (mx == -INFINITY) {
+                if (!any) {
                     // A query that may see no key (a padding row). sdpa: output 0. eager: finfo.min everywhere
                     // gives a uniform softmax over all keys of this call, future and padding keys included.
                     const float u = c->params.attn == PERI_ATTN_EAGER ? 1.0f / (float)n_all : 0.0f;
