@@ -19,21 +19,31 @@
 #define TR 4
 #define TC 3
 
+// 8 bytes from p as int32 lanes.
+PERI_INLINE __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
+// The codes of Q8_0 and Q4_0 blocks as float, 8 values at a time (ld_w, the dequantizers and the y = x C kernels):
+// Q8_0's 8 signed bytes at q; Q4_0's q - 8 for the low nibbles of the 8 bytes at q (values 0..15 of the block lie
+// in the low nibbles of its 16 code bytes) or, with high set, their high nibbles (values 16..31).
+PERI_INLINE __m256 q8_0_vals8(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+PERI_INLINE __m256 q4_0_vals8(const uint8_t *q, int high) {
+    const __m256i v = high ? _mm256_srli_epi32(u8x8(q), 4) : _mm256_and_si256(u8x8(q), _mm256_set1_epi32(15));
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
+}
+
 PERI_INLINE __m256 ld_w(int wt, const char *w, int64_t k) {
     if (wt == PERI_TYPE_F32) return _mm256_loadu_ps((const float *)w + k);
     // Block types: K is a multiple of 32, so k is 8-aligned and 8 values never straddle a block. The
     // products q * d round exactly as the reference dequantization does.
     if (wt == PERI_TYPE_Q8_0) {
         const block_q8_0 *b = (const block_q8_0 *)w + (k >> 5);
-        __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + (k & 24)));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(_cvtsh_ss(b->d)));
+        return _mm256_mul_ps(q8_0_vals8(b->qs + (k & 24)), _mm256_set1_ps(_cvtsh_ss(b->d)));
     }
-    if (wt == PERI_TYPE_Q4_0) { // values 0..15 in the low nibbles, 16..31 in the high ones
+    if (wt == PERI_TYPE_Q4_0) {
         const block_q4_0 *b = (const block_q4_0 *)w + (k >> 5);
-        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + (k & 8))));
-        v = (k & 16) ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(15));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8))),
-                             _mm256_set1_ps(_cvtsh_ss(b->d)));
+        return _mm256_mul_ps(q4_0_vals8(b->qs + (k & 8), (int)(k & 16)), _mm256_set1_ps(_cvtsh_ss(b->d)));
     }
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
     if (wt == PERI_TYPE_F16) return _mm256_cvtph_ps(h);
@@ -438,8 +448,6 @@ KV_MM(kv_q6_K, PERI_TYPE_Q6_K, ga_q6_K)
 // products are exact (an fp16 d has 11 significant bits, scale and q together at most 11 more), so only the
 // subtraction rounds: a compiler that fused it with the product into an FMA would still give the reference's bits.
 
-// 8 bytes from p as int32 lanes.
-PERI_INLINE __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 
 static void deq_f16(const void *src, float *y, int64_t n) {
     const uint16_t *x = src;
@@ -464,22 +472,16 @@ static void deq_q8_0(const void *src, float *y, int64_t n) {
     const block_q8_0 *x = src;
     for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[i].d));
-        PERI_UNROLL for (int h = 0; h < 4; h++) {
-            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x[i].qs + 8 * h)));
-            _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
-        }
+        PERI_UNROLL for (int h = 0; h < 4; h++) _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(q8_0_vals8(x[i].qs + 8 * h), d));
     }
 }
 
 // One Q4_0 block's 16 code bytes at qs and its scale d: 32 floats.
 PERI_INLINE void deq_q4_0_block(const uint8_t *qs, float d0, float *y) {
-    const __m256i m4 = _mm256_set1_epi32(15), c8 = _mm256_set1_epi32(8);
     const __m256 d = _mm256_set1_ps(d0);
     PERI_UNROLL for (int h = 0; h < 2; h++) { // values 8h.. in the low nibbles, 16 + 8h.. in the high ones
-        __m256i v = u8x8(qs + 8 * h);
-        __m256i lo = _mm256_sub_epi32(_mm256_and_si256(v, m4), c8), hi = _mm256_sub_epi32(_mm256_srli_epi32(v, 4), c8);
-        _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d));
-        _mm256_storeu_ps(y + 16 + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d));
+        _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(q4_0_vals8(qs + 8 * h, 0), d));
+        _mm256_storeu_ps(y + 16 + 8 * h, _mm256_mul_ps(q4_0_vals8(qs + 8 * h, 1), d));
     }
 }
 
@@ -586,8 +588,7 @@ PERI_INLINE void qnn_add_block(int wt, const char *row, int64_t b, float a, floa
     __m256 v[4];
     if (wt == PERI_TYPE_Q8_0) {
         const block_q8_0 *bl = (const block_q8_0 *)row + b;
-        PERI_UNROLL for (int t = 0; t < 4; t++)
-            v[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(bl->qs + 8 * t))));
+        PERI_UNROLL for (int t = 0; t < 4; t++) v[t] = q8_0_vals8(bl->qs + 8 * t);
         a *= _cvtsh_ss(bl->d);
     } else {
         const uint8_t *q;
@@ -599,14 +600,7 @@ PERI_INLINE void qnn_add_block(int wt, const char *row, int64_t b, float a, floa
             const block_q4_0_x16 *g = (const block_q4_0_x16 *)row + (b >> 4);
             q = g->qs + 16 * (b & 15), d = g->d[b & 15];
         }
-        const __m256i m4 = _mm256_set1_epi32(15), e8 = _mm256_set1_epi32(8);
-        const __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));       // bytes 0..7
-        const __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8))); // bytes 8..15
-        // values 0..15 in the low nibbles, 16..31 in the high ones
-        v[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c0, m4), e8));
-        v[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(c1, m4), e8));
-        v[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c0, 4), e8));
-        v[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(c1, 4), e8));
+        PERI_UNROLL for (int t = 0; t < 4; t++) v[t] = q4_0_vals8(q + 8 * (t & 1), t >> 1);
         a *= _cvtsh_ss(d);
     }
     const __m256 f = _mm256_set1_ps(a);
