@@ -472,7 +472,8 @@ static void deq_q8_0(const void *src, float *y, int64_t n) {
     const block_q8_0 *x = src;
     for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0) {
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(x[i].d));
-        PERI_UNROLL for (int h = 0; h < 4; h++) _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(q8_0_vals8(x[i].qs + 8 * h), d));
+        PERI_UNROLL for (int h = 0; h < 4; h++)
+            _mm256_storeu_ps(y + 8 * h, _mm256_mul_ps(q8_0_vals8(x[i].qs + 8 * h), d));
     }
 }
 
