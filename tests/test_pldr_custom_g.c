@@ -71,7 +71,7 @@ static void check_blocks(const char *dir) {
         double dd = test_max_abs_diff(peri_get_logits(c) + (size_t)ends[e] * V, all + (size_t)ends[e] * V, (size_t)V);
         CHECKF(dd <= tol, "prefill of %d tokens: last row differs from row %d of one prefill by %g", ends[e] + 1, ends[e], dd);
     }
-    // a cached prefix of 10, then 70 tokens in one call (blocks of 32, 32, 6 after it), then 5 decoded one by one
+    // a cached prefix of 10, then 65 tokens in one call (blocks of 32, 32 and 1 after it), then the last 5 decoded
     peri_seq_clear(c, 0);
     b = (struct peri_batch){.n_seq = 1, .n_tokens = 10, .tokens = ids, .logits_all = true};
     CHECK(peri_decode(c, &b) == PERI_OK);
