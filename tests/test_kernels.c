@@ -270,7 +270,14 @@ static void test_matmul_nn_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {64, 512, 8}, {100, 33, 13}, {1100, 40, 2},
                                         {300, 17, 100}, {2100, 70, 25}, {5, 512, 16}, {64, 40, 300},
-                                        {130, 300, 3}, {9, 512, 1}};   // few rows: several strips, one partial
+                                        {130, 300, 3}, {9, 512, 1},    // few rows: several strips, one partial
+                                        // up to 4 x rows on a C beyond 1 MB (PLM's sparse down projection,
+                                        // gp_nn_sparse): 90%, 50%, all or no x values zero (zeros[] below), batches
+                                        // of 512 rows
+                                        {1100, 1000, 1}, {1300, 1001, 1}, {600, 2000, 1}, {700, 1500, 1},
+                                        {1100, 1000, 3}, {1030, 1001, 4}, {600, 2000, 2}};
+    static const int zeros[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 90, 50, 100, 0, 90, 50, 100};   // percent of x set to 0
+    _Static_assert(sizeof zeros / sizeof zeros[0] == sizeof shapes / sizeof shapes[0], "a zero share per shape");
     // block types: their own kernel (Q8_0, Q4_0; Q4_0_X16, Q4_K, Q5_K at avx2) or the generic path (dequantize + axpy)
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,
                          PERI_TYPE_Q4_K, PERI_TYPE_Q5_K};
@@ -306,7 +313,7 @@ static void test_matmul_nn_level(void) {
                                       : type == PERI_TYPE_F16 ? peri_f16_to_f32(((uint16_t *)(c + (size_t)k * cs))[j])
                                                               : peri_bf16_to_f32(((uint16_t *)(c + (size_t)k * cs))[j]);
                 }
-            for (int64_t i = 0; i < n * ldx; i++) x[i] = frand();
+            for (int64_t i = 0; i < n * ldx; i++) x[i] = irand(0, 99) < zeros[si] ? 0.0f : frand();
             for (int64_t i = 0; i < n * ldy; i++) y[i] = 12345.0f;   // the padding must stay untouched
             peri_matmul_nn(y, ldy, x, ldx, type, c, cs, K, m, n);
             bad = !nn_matches("matmul_nn", type, y, ldy, x, ldx, cf, m, K, m, n);

@@ -5,10 +5,13 @@
 #include "core/error.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define CONFIG_MAX_BYTES (16u << 20)
 #define INDEX_MAX_BYTES (64u << 20)
@@ -269,4 +272,29 @@ const peri_tensor *peri_weights_find(const peri_weights *w, const char *name) {
         else hi = mid - 1;
     }
     return NULL;
+}
+
+// The file whose bytes hold the tensor's, or NULL.
+static peri_mapfile *file_of(peri_weights *w, const peri_tensor *t) {
+    const unsigned char *d = t->data;
+    peri_mapfile *f = w->gguf ? &w->gguf->file : NULL;
+    for (int i = 0; !f && i < w->n_shards; i++) {
+        peri_mapfile *s = &w->shards[i].file;
+        if (d >= s->data && d <= s->data + s->size) f = s;
+    }
+    return f && d >= f->data && t->nbytes <= f->size && (size_t)(d - f->data) <= f->size - t->nbytes ? f : NULL;
+}
+
+bool peri_weights_mapped(peri_weights *w, const peri_tensor *t) {
+    const peri_mapfile *f = file_of(w, t);
+    return f && f->mapped;
+}
+
+void peri_weights_release(peri_weights *w, const peri_tensor *t) {
+    const peri_mapfile *f = file_of(w, t);
+    if (!f || !f->mapped) return;
+    long pg = sysconf(_SC_PAGESIZE);
+    const uintptr_t page = pg > 0 ? (uintptr_t)pg : 4096, a = (uintptr_t)t->data;
+    const uintptr_t lo = (a + page - 1) / page * page, hi = (a + t->nbytes) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);   // advice: a failure only leaves the pages resident
 }

@@ -25,5 +25,10 @@ typedef struct peri_weights {
 int peri_weights_open(peri_weights *w, const char *path, bool use_mmap);
 void peri_weights_close(peri_weights *w);
 const peri_tensor *peri_weights_find(const peri_weights *w, const char *name);
+// Whether a tensor's bytes are in a memory-mapped file (not read into memory).
+bool peri_weights_mapped(peri_weights *w, const peri_tensor *t);
+// A load-time copy replaced the tensor: the process's resident pages of a mapped tensor (the whole pages inside
+// its bytes) are dropped, so they stop counting in its memory; were they read again, the file would give them back.
+void peri_weights_release(peri_weights *w, const peri_tensor *t);
 
 #endif

@@ -5,6 +5,7 @@
 #include "kernels/ops.h"
 #include "runtime/init.h"
 #include "runtime/model.h"
+#include "tensor/repack.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -25,9 +26,14 @@
 #define PLM_DBLOCK 64
 // Keys per chunk in one-row decode attention (kattn phase 4): 256 F16 latent rows are 288 KiB, well inside L2.
 #define PLM_KCHUNK 256
+// Rows (tokens) up to which the down projection reads only the weight rows of non-zero activations (down_proj): the
+// x rows peri_matmul_nn takes through its sparse kernel (GP_NN_ROWS_MAX in kernels/gemm_outer.inc).
+#define PLM_SPARSE_ROWS 4
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
+    bool down_t;                 // down is down_tt, the file's weight transposed at load: [n_ff][D] (down_proj)
+    peri_tensor down_tt;
     float *attn_norm, *kva_norm, *ffn_norm;
 };
 
@@ -64,6 +70,7 @@ struct plm_ctx {
     float *wkbt;
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
+    float *dpart;                // [nth][PLM_SPARSE_ROWS][D]: per-thread partial down projections (down_proj)
     float *part_ml;              // [nth][2 * H]: each thread's per-head largest score and sum of exponentials
     float *kmix;                 // [nth][H * R + 2 * H]: a key chunk's latent mixes, largest scores, sums (kattn phase 4)
     // Decompressed prefill (dattn_task), per thread in ff (unused by the absorbed form's buffers on that path):
@@ -289,6 +296,30 @@ static int plm_load(peri_model *m) {
             return rc;
     }
 
+    // The down projections transposed ([n_ff][D]) for the sparse decode (down_proj): float types only, where the
+    // transposition is exact (a block type's blocks run along the inputs). A mapped weight is transposed into a
+    // buffer of the model and its pages dropped (the memory stays about that of the file, without copy-on-write
+    // copies of the pages); one read into memory is transposed in place. use_repack off keeps the file's layout.
+    for (int l = 0; m->params.use_repack && l < p->n_layer; l++) {
+        struct plm_layer *L = &p->layers[l];
+        const int t = L->down->type;
+        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16) continue;
+        const size_t esz = t == PERI_TYPE_F32 ? 4 : 2;
+        L->down_tt = *L->down;
+        L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = D;
+        if (peri_weights_mapped(&m->w, L->down)) {
+            void *buf = peri_model_alloc(m, L->down->nbytes);
+            if (!buf) return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
+            peri_transpose_elems(buf, L->down->data, D, p->n_ff, esz);
+            peri_weights_release(&m->w, L->down);
+            L->down_tt.data = buf;
+        } else if ((rc = peri_transpose_inplace((void *)L->down->data, D, p->n_ff, esz))) {
+            return peri_fail_prefix(rc, "transposing '%s': ", L->down->name);
+        }
+        L->down = &L->down_tt;
+        L->down_t = true;
+    }
+
     m->n_vocab = (int32_t)p->n_vocab;
     m->n_embd = (int32_t)D;
     m->n_layer = (int32_t)p->n_layer;
@@ -332,7 +363,8 @@ static void plm_ctx_free(peri_context *c) {
     if (!x) return;
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv);
-    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml); free(x->kmix); free(x->probs); free(x->emit);
+    free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml);
+    free(x->dpart); free(x->kmix); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -415,12 +447,14 @@ static int plm_ctx_init(peri_context *c) {
     if (!x->full) x->part = alloc_n((int64_t)x->nth * H * R, 4);
     if (!x->full) x->part_ml = alloc_n((int64_t)x->nth * 2 * H, 4);
     if (!x->full) x->kmix = alloc_n((int64_t)x->nth * (H * R + 2 * H), 4);
+    x->dpart = alloc_n((int64_t)x->nth * PLM_SPARSE_ROWS * D, 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml && x->kmix)) && x->row_seq && x->row_slot && x->row_pos;
+              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml && x->kmix)) && x->dpart &&
+              x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
         int64_t np = N * H * nctx;
@@ -733,6 +767,55 @@ static void kattn_task(void *arg, int ith, int nth) {
             for (int64_t r = 0; r < R; r++) ph[r] = ao * ph[r] + an * xh[r];
             ml[2 * h] = M, ml[2 * h + 1] = z;
         }
+    }
+}
+
+// tmp = ff W_down^T. Trained checkpoints' squared-ReLU activations are about 90% zeros (docs/plm.md, "Sparse down
+// projection"), so with down stored transposed (a row of D values per input) a decoded token reads only the rows of
+// its non-zero inputs: the inputs are split over the threads, each summing its share's rows into its own partial
+// (peri_matmul_nn on a few x rows skips inputs zero in all of them when C is beyond the caches), and the partials
+// are added.
+// More rows (prefill) split the outputs over the threads for the y = x C GEMM. Without the transposition (another
+// type, or use_repack off) it is the plain matmul.
+struct down_job {
+    peri_context *c;
+    const peri_tensor *W;
+    int64_t N;
+};
+
+static void down_task(void *arg, int ith, int nth) {
+    const struct down_job *J = arg;
+    struct plm_ctx *x = J->c->arch;
+    const struct plm_model *p = J->c->model->arch;
+    const int64_t D = p->n_embd, F = p->n_ff;
+    const size_t rs = peri_row_size(J->W->type, D), esz = rs / (size_t)D;
+    const char *w = J->W->data;
+    if (J->N <= PLM_SPARSE_ROWS) {
+        const int64_t k0 = F * ith / nth, k1 = F * (ith + 1) / nth;
+        peri_matmul_nn(x->dpart + (int64_t)ith * PLM_SPARSE_ROWS * D, D, x->ff + k0, F, J->W->type, w + (size_t)k0 * rs,
+                       rs, k1 - k0, D, J->N);
+        return;
+    }
+    long lo, hi;   // columns in whole 64s
+    peri_split((long)((D + 63) / 64), ith, nth, &lo, &hi);
+    lo *= 64, hi = hi * 64 < D ? hi * 64 : D;
+    if (lo < hi) peri_matmul_nn(x->tmp + lo, D, x->ff, F, J->W->type, w + (size_t)lo * esz, rs, F, hi - lo, J->N);
+}
+
+static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
+    struct plm_ctx *x = c->arch;
+    const int64_t D = ((const struct plm_model *)c->model->arch)->n_embd;
+    if (!L->down_t) {
+        peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
+        return;
+    }
+    struct down_job J = {c, L->down, N};
+    peri_pool_run(c->pool, down_task, &J);
+    if (N > PLM_SPARSE_ROWS) return;
+    for (int64_t n = 0; n < N; n++) {
+        float *y = x->tmp + n * D;
+        memcpy(y, x->dpart + n * D, sizeof(float) * (size_t)D);
+        for (int t = 1; t < x->nth; t++) peri_axpy(y, 1.0f, x->dpart + ((int64_t)t * PLM_SPARSE_ROWS + n) * D, D);
     }
 }
 
@@ -1081,7 +1164,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
         struct relu_sq_job rj = {x->ff, N * p->n_ff};
         if (rj.n >= 65536) peri_pool_run(c->pool, relu_sq_task, &rj);   // decode's one row is not worth a wake-up
         else relu_sq_task(&rj, 0, 1);
-        peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
+        down_proj(c, L, N);
         for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
         if (cb)
             for (int64_t r = 0; r < b->n_seq; r++) emit(c, "hidden", (int)l, x->row_seq[r * T], x->x + r * T * D, 2, T, D, 0);

@@ -4,6 +4,7 @@
 #include "core/error.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 void peri_repack_q4_0_x16(const void *src, void *dst, int64_t n) {
     const block_q4_0 *s = src;
@@ -51,6 +52,45 @@ int peri_repack_rows(int type, void *data, int64_t row_len, int64_t n_rows) {
         memcpy(tmp, row, rs);
         peri_repack_q4_0_x16(tmp, row, row_len);
     }
+    free(tmp);
+    return PERI_OK;
+}
+
+void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz) {
+    // Tiles of TB x TB elements through a buffer in L1, each side read or written a whole tile row (64 or 128
+    // bytes) at a time: rows a power of two apart map to one cache set, so element-wise strided access thrashes.
+    enum { TB = 32 };
+#define PERI_TRANSPOSE_TILES(T)                                                                                  \
+    do {                                                                                                         \
+        T buf[TB][TB];                                                                                           \
+        const T *s = src;                                                                                        \
+        T *d = dst;                                                                                              \
+        for (int64_t r0 = 0; r0 < rows; r0 += TB)                                                                \
+            for (int64_t c0 = 0; c0 < cols; c0 += TB) {                                                          \
+                const int64_t nr = rows - r0 < TB ? rows - r0 : TB, nc = cols - c0 < TB ? cols - c0 : TB;        \
+                for (int64_t i = 0; i < nr; i++)                                                                 \
+                    for (int64_t j = 0; j < nc; j++)                                                             \
+                        buf[j][i] = s[(size_t)(r0 + i) * (size_t)cols + (size_t)(c0 + j)];                      \
+                for (int64_t j = 0; j < nc; j++)                                                                 \
+                    memcpy(d + (size_t)(c0 + j) * (size_t)rows + (size_t)r0, buf[j], sizeof(T) * (size_t)nr);   \
+            }                                                                                                    \
+    } while (0)
+    if (esz == 4) PERI_TRANSPOSE_TILES(uint32_t);
+    else if (esz == 2) PERI_TRANSPOSE_TILES(uint16_t);
+    else
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                memcpy((char *)dst + ((size_t)c * (size_t)rows + (size_t)r) * esz,
+                       (const char *)src + ((size_t)r * (size_t)cols + (size_t)c) * esz, esz);
+#undef PERI_TRANSPOSE_TILES
+}
+
+int peri_transpose_inplace(void *data, int64_t rows, int64_t cols, size_t esz) {
+    const size_t bytes = (size_t)rows * (size_t)cols * esz;
+    char *tmp = malloc(bytes ? bytes : 1);
+    if (!tmp) return peri_fail(PERI_E_NOMEM, "transposing a weight: cannot allocate a %zu-byte copy", bytes);
+    memcpy(tmp, data, bytes);
+    peri_transpose_elems(data, tmp, rows, cols, esz);
     free(tmp);
     return PERI_OK;
 }
