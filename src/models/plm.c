@@ -195,6 +195,69 @@ static int get_w_f32(peri_model *m, const char *hf, const char *gg, int l, int64
     return peri_model_get_f32(m, name, 1, &n, out);
 }
 
+// The down projections transposed ([n_ff][D]) for the sparse decode (down_proj): float types only, where the
+// transposition is exact (a block type's blocks run along the inputs). A mapped weight is transposed into a buffer of
+// the model and its pages dropped (the memory stays about that of the file, without copy-on-write copies of the
+// pages); one read into memory is transposed in place. Layers go to the threads of a pool made for the load
+// (n_threads of the model parameters). use_repack off keeps the file's layout.
+struct transpose_job {
+    peri_model *m;
+    struct plm_model *p;
+    void **bufs;                 // per layer: the mapped weight's new buffer, or NULL (in place)
+    atomic_int next, rc;
+};
+
+static void transpose_task(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    struct transpose_job *J = arg;
+    for (int l; (l = atomic_fetch_add(&J->next, 1)) < J->p->n_layer;) {
+        struct plm_layer *L = &J->p->layers[l];
+        if (!L->down_t) continue;
+        const peri_tensor *W = &L->down_tt;
+        const size_t esz = W->type == PERI_TYPE_F32 ? 4 : 2;
+        if (J->bufs[l]) {
+            peri_transpose_elems(J->bufs[l], W->data, J->p->n_embd, J->p->n_ff, esz);
+            peri_weights_release(&J->m->w, W);
+        } else if (peri_transpose_inplace((void *)W->data, J->p->n_embd, J->p->n_ff, esz)) {
+            atomic_store(&J->rc, PERI_E_NOMEM);
+        }
+    }
+}
+
+static int transpose_down(peri_model *m, struct plm_model *p) {
+    if (!m->params.use_repack) return PERI_OK;
+    void **bufs = peri_model_alloc(m, sizeof(void *) * (size_t)p->n_layer);
+    if (!bufs) return PERI_E_NOMEM;
+    int any = 0;
+    for (int l = 0; l < p->n_layer; l++) {
+        struct plm_layer *L = &p->layers[l];
+        const int t = L->down->type;
+        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16) continue;
+        if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
+            return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
+        L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
+        L->down_t = true, any = 1;
+    }
+    if (!any) return PERI_OK;
+    struct transpose_job J = {.m = m, .p = p, .bufs = bufs};
+    peri_pool *pool = peri_pool_new(m->params.n_threads);
+    if (pool) {
+        peri_pool_run(pool, transpose_task, &J);
+        peri_pool_free(pool);
+    } else {
+        transpose_task(&J, 0, 1);
+    }
+    if (atomic_load(&J.rc)) return peri_fail(PERI_E_NOMEM, "transposing the down projections: out of memory");
+    for (int l = 0; l < p->n_layer; l++) {
+        struct plm_layer *L = &p->layers[l];
+        if (!L->down_t) continue;
+        if (bufs[l]) L->down_tt.data = bufs[l];
+        L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
+        L->down = &L->down_tt;
+    }
+    return PERI_OK;
+}
+
 static int plm_load(peri_model *m) {
     struct plm_model *p = peri_model_alloc(m, sizeof *p);
     if (!p) return PERI_E_NOMEM;
@@ -296,29 +359,7 @@ static int plm_load(peri_model *m) {
             return rc;
     }
 
-    // The down projections transposed ([n_ff][D]) for the sparse decode (down_proj): float types only, where the
-    // transposition is exact (a block type's blocks run along the inputs). A mapped weight is transposed into a
-    // buffer of the model and its pages dropped (the memory stays about that of the file, without copy-on-write
-    // copies of the pages); one read into memory is transposed in place. use_repack off keeps the file's layout.
-    for (int l = 0; m->params.use_repack && l < p->n_layer; l++) {
-        struct plm_layer *L = &p->layers[l];
-        const int t = L->down->type;
-        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16) continue;
-        const size_t esz = t == PERI_TYPE_F32 ? 4 : 2;
-        L->down_tt = *L->down;
-        L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = D;
-        if (peri_weights_mapped(&m->w, L->down)) {
-            void *buf = peri_model_alloc(m, L->down->nbytes);
-            if (!buf) return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
-            peri_transpose_elems(buf, L->down->data, D, p->n_ff, esz);
-            peri_weights_release(&m->w, L->down);
-            L->down_tt.data = buf;
-        } else if ((rc = peri_transpose_inplace((void *)L->down->data, D, p->n_ff, esz))) {
-            return peri_fail_prefix(rc, "transposing '%s': ", L->down->name);
-        }
-        L->down = &L->down_tt;
-        L->down_t = true;
-    }
+    if ((rc = transpose_down(m, p))) return rc;
 
     m->n_vocab = (int32_t)p->n_vocab;
     m->n_embd = (int32_t)D;
