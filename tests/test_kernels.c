@@ -276,7 +276,7 @@ static void test_matmul_nn_level(void) {
                                         // of 512 rows
                                         {1100, 1000, 1}, {1300, 1001, 1}, {600, 2000, 1}, {700, 1500, 1},
                                         {1100, 1000, 3}, {1030, 1001, 4}, {600, 2000, 2}};
-    static const int zeros[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 90, 50, 100, 0, 90, 50, 100};   // percent of x set to 0
+    static const int zeros[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 90, 50, 100, 0, 90, 50, 100};   // % of x set to 0
     _Static_assert(sizeof zeros / sizeof zeros[0] == sizeof shapes / sizeof shapes[0], "a zero share per shape");
     // block types: their own kernel (Q8_0, Q4_0; Q4_0_X16, Q4_K, Q5_K at avx2) or the generic path (dequantize + axpy)
     const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16, PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16,

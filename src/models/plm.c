@@ -815,9 +815,8 @@ static void kattn_task(void *arg, int ith, int nth) {
 // projection"), so with down stored transposed (a row of D values per input) a decoded token reads only the rows of
 // its non-zero inputs: the inputs are split over the threads, each summing its share's rows into its own partial
 // (peri_matmul_nn on a few x rows skips inputs zero in all of them when C is beyond the caches), and the partials
-// are added.
-// More rows (prefill) split the outputs over the threads for the y = x C GEMM. Without the transposition (another
-// type, or use_repack off) it is the plain matmul.
+// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. Without the transposition
+// (another type, or use_repack off) it is the plain matmul.
 struct down_job {
     peri_context *c;
     const peri_tensor *W;
