@@ -56,33 +56,37 @@ int peri_repack_rows(int type, void *data, int64_t row_len, int64_t n_rows) {
     return PERI_OK;
 }
 
+// Tiles of TB x TB elements through a buffer in L1, each side read or written a whole tile row (64 or 128 bytes) at
+// a time: rows a power of two apart map to one cache set, so element-wise strided access thrashes. Elements are
+// read with memcpy (plain loads): a file's tensor need not be aligned to its element size.
+enum { TB = 32 };
+#define TRANSPOSE_TILES(name, T)                                                                                \
+    static void name(char *d, const char *s, int64_t rows, int64_t cols) {                                      \
+        T buf[TB][TB];                                                                                          \
+        for (int64_t r0 = 0; r0 < rows; r0 += TB)                                                               \
+            for (int64_t c0 = 0; c0 < cols; c0 += TB) {                                                         \
+                const int64_t nr = rows - r0 < TB ? rows - r0 : TB, nc = cols - c0 < TB ? cols - c0 : TB;       \
+                for (int64_t i = 0; i < nr; i++) {                                                              \
+                    const char *row = s + ((size_t)(r0 + i) * (size_t)cols + (size_t)c0) * sizeof(T);           \
+                    for (int64_t j = 0; j < nc; j++) memcpy(&buf[j][i], row + (size_t)j * sizeof(T), sizeof(T)); \
+                }                                                                                               \
+                for (int64_t j = 0; j < nc; j++)                                                                \
+                    memcpy(d + ((size_t)(c0 + j) * (size_t)rows + (size_t)r0) * sizeof(T), buf[j],              \
+                           sizeof(T) * (size_t)nr);                                                             \
+            }                                                                                                   \
+    }
+TRANSPOSE_TILES(transpose_tiles16, uint16_t)
+TRANSPOSE_TILES(transpose_tiles32, uint32_t)
+#undef TRANSPOSE_TILES
+
 void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz) {
-    // Tiles of TB x TB elements through a buffer in L1, each side read or written a whole tile row (64 or 128
-    // bytes) at a time: rows a power of two apart map to one cache set, so element-wise strided access thrashes.
-    enum { TB = 32 };
-#define PERI_TRANSPOSE_TILES(T)                                                                                  \
-    do {                                                                                                         \
-        T buf[TB][TB];                                                                                           \
-        const T *s = src;                                                                                        \
-        T *d = dst;                                                                                              \
-        for (int64_t r0 = 0; r0 < rows; r0 += TB)                                                                \
-            for (int64_t c0 = 0; c0 < cols; c0 += TB) {                                                          \
-                const int64_t nr = rows - r0 < TB ? rows - r0 : TB, nc = cols - c0 < TB ? cols - c0 : TB;        \
-                for (int64_t i = 0; i < nr; i++)                                                                 \
-                    for (int64_t j = 0; j < nc; j++)                                                             \
-                        buf[j][i] = s[(size_t)(r0 + i) * (size_t)cols + (size_t)(c0 + j)];                      \
-                for (int64_t j = 0; j < nc; j++)                                                                 \
-                    memcpy(d + (size_t)(c0 + j) * (size_t)rows + (size_t)r0, buf[j], sizeof(T) * (size_t)nr);   \
-            }                                                                                                    \
-    } while (0)
-    if (esz == 4) PERI_TRANSPOSE_TILES(uint32_t);
-    else if (esz == 2) PERI_TRANSPOSE_TILES(uint16_t);
+    if (esz == 4) transpose_tiles32(dst, src, rows, cols);
+    else if (esz == 2) transpose_tiles16(dst, src, rows, cols);
     else
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < cols; c++)
                 memcpy((char *)dst + ((size_t)c * (size_t)rows + (size_t)r) * esz,
                        (const char *)src + ((size_t)r * (size_t)cols + (size_t)c) * esz, esz);
-#undef PERI_TRANSPOSE_TILES
 }
 
 int peri_transpose_inplace(void *data, int64_t rows, int64_t cols, size_t esz) {
