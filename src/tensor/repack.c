@@ -81,12 +81,7 @@ TRANSPOSE_TILES(transpose_tiles32, uint32_t)
 
 void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz) {
     if (esz == 4) transpose_tiles32(dst, src, rows, cols);
-    else if (esz == 2) transpose_tiles16(dst, src, rows, cols);
-    else
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                memcpy((char *)dst + ((size_t)c * (size_t)rows + (size_t)r) * esz,
-                       (const char *)src + ((size_t)r * (size_t)cols + (size_t)c) * esz, esz);
+    else transpose_tiles16(dst, src, rows, cols);
 }
 
 int peri_transpose_inplace(void *data, int64_t rows, int64_t cols, size_t esz) {

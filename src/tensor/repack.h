@@ -32,7 +32,7 @@ int peri_repack_type(int type, int64_t row_len);
 // Returns 0, or PERI_E_NOMEM if the one-row scratch cannot be had (the data is then unchanged).
 int peri_repack_rows(int type, void *data, int64_t row_len, int64_t n_rows);
 
-// A rows x cols matrix of esz-byte elements (F32, F16, BF16) transposed into cols x rows (PLM's down projection,
+// A rows x cols matrix of esz-byte elements (esz 4: F32, 2: F16, BF16) transposed into cols x rows (PLM's down projection,
 // whose decode reads one row per non-zero input: models/plm.c): from src into dst (not overlapping), or in place
 // through a scratch copy (returns 0, or PERI_E_NOMEM if the copy cannot be had: the data is then unchanged).
 void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz);
