@@ -58,9 +58,9 @@ struct peri_model_params {
     int32_t n_threads;   // threads for loading work (0 = physical cores)
     bool use_mmap;       // map weights read-only and use them in place (false: read into memory)
     bool use_repack;     // rewrite weights at load into the kernels' layouts where they have one (Q4_0 rows of
-                         // whole 512-value groups; PLM's F32/F16/BF16 down projections, transposed for the sparse
-                         // decode); a mapped weight's pages become the process's own (copy on write; the file is
-                         // never written), so processes no longer share them
+                         // whole 512-value groups; PLM's F32/F16/BF16/Q8_0 down projections, transposed for the
+                         // sparse decode); a mapped weight's pages become the process's own (copy on write; the
+                         // file is never written), so processes no longer share them
 };
 PERI_API struct peri_model_params peri_model_default_params(void);
 

@@ -6,7 +6,10 @@
 # repacked and the two runs are the same computation. `peri inspect` shows the file's types either way.
 # Then the same with F16 weights, whose down projections are transposed at load for the sparse decode
 # (models/plm.c, down_proj): with 1 thread a decode step's rows (1 MB) go through the sparse kernel, with 2 the
-# threads' halves through the small-matrix one; the prefill through the y = x C GEMM.
+# threads' halves through the small-matrix one; the prefill through the y = x C GEMM. And with Q8_0 weights, whose
+# down projections are rearranged into Q8_0_T (tensor/repack.h): decode through the sparse Q8_0_T kernel (x rounded
+# to Q8_0 as the integer kernels round it; 2 threads: partial sums), the 12-row prefill through Q8_0 panels and the
+# level's Q8_0 kernel.
 set -u
 command -v python3 >/dev/null || exit 77
 P=${PERI_BIN:?}
@@ -44,12 +47,14 @@ worst = max(abs(p - q) for p, q in zip(x, y))
 assert scale > 0 and worst <= 1e-4 * scale, (worst, scale)
 PY
 ok python3 "$tmp/cmp.py" "$tmp/repack.bin" "$tmp/no-repack.bin"
-ok "$P" convert "$tmp/m" -o "$tmp/m16.gguf" --type f16
-for t in 1 2; do
-    for r in repack no-repack; do
-        extra=""; [ $r = no-repack ] && extra=--no-repack
-        ok "$P" logits -m "$tmp/m16.gguf" --ids "$ids" --decode-ids "2 4 6" -t $t $extra --out "$tmp/f16-$r.bin"
+for ty in f16 q8_0; do
+    ok "$P" convert "$tmp/m" -o "$tmp/m-$ty.gguf" --type $ty
+    for t in 1 2; do
+        for r in repack no-repack; do
+            extra=""; [ $r = no-repack ] && extra=--no-repack
+            ok "$P" logits -m "$tmp/m-$ty.gguf" --ids "$ids" --decode-ids "2 4 6" -t $t $extra --out "$tmp/$ty-$r.bin"
+        done
+        ok python3 "$tmp/cmp.py" "$tmp/$ty-repack.bin" "$tmp/$ty-no-repack.bin"
     done
-    ok python3 "$tmp/cmp.py" "$tmp/f16-repack.bin" "$tmp/f16-no-repack.bin"
 done
 finish

@@ -3,6 +3,7 @@
 #include "kernels/ops.h"
 #include "peri.h"
 #include "runtime/pool.h"
+#include "tensor/repack.h"
 #include "test.h"
 
 #include <math.h>
@@ -321,6 +322,68 @@ static void test_matmul_nn_level(void) {
         }
         CHECKF(!bad, "matmul_nn %s at level %s", peri_type_name(type), lvl);
     }
+}
+
+// peri_matmul_q8t (an m x K Q8_0 weight in the Q8_0_T layout: PLM's down projection) against the float64 sum over the
+// Q8_0 values: up to 4 x rows through the sparse decode kernel (90%, 50%, all or no x values zero; more than one
+// batch of 64 groups; strips with tails), more rows through panels of Q8_0 rows and the level's Q8_0 kernel (panels
+// with a tail), each through the pool and on the caller alone (no scratch: the decode kernel 4 rows at a time); x
+// rounded to Q8_0 wherever the level's Q8_0 kernel for n rows would quantize it. The layout's conversion must
+// round-trip byte for byte.
+static void test_q8t_level(peri_pool *pool) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+#if defined(__x86_64__) || defined(__aarch64__)
+    if (peri_kernels_level() != PERI_KERNELS_REF)
+        CHECKF(peri_kernels_current()->q8t_nn != NULL, "q8t_nn at %s: missing", lvl);
+#endif
+    static const int64_t shapes[][4] = {   // m, K, n, % of x zero
+        {1, 32, 1, 0},      {7, 64, 2, 50},    {64, 96, 1, 90},  {100, 320, 3, 90}, {1001, 2400, 1, 90},
+        {250, 4160, 4, 50}, {67, 2112, 2, 100}, {129, 160, 1, 0}, {33, 64, 4, 0},   {45, 96, 5, 50},
+        {100, 256, 13, 0},  {70, 320, 70, 90}, {300, 2112, 9, 90}, {40, 1088, 66, 50}};   // last: K chunks
+    int bad = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
+        const int64_t m = shapes[si][0], K = shapes[si][1], n = shapes[si][2];
+        float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+        char *w = make_weight(PERI_TYPE_Q8_0, m, K, wf);
+        const size_t bytes = (size_t)m * peri_row_size(PERI_TYPE_Q8_0, K);
+        char *wt = malloc(bytes), *back = malloc(bytes);
+        peri_q8_0_t_from_q8_0(wt, w, m, K);
+        for (int64_t j0 = 0; j0 < m; j0 += 32) {
+            const int64_t rows = m - j0 < 32 ? m - j0 : 32;
+            peri_q8_0_t_rows(back + (size_t)j0 * peri_row_size(PERI_TYPE_Q8_0, K), wt, m, K, j0, rows);
+        }
+        CHECKF(memcmp(back, w, bytes) == 0, "Q8_0_T round trip m=%lld K=%lld", (long long)m, (long long)K);
+        for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
+        const peri_tensor W = {.name = "q8t", .type = PERI_TYPE_Q8_0_T, .n_dims = 2, .shape = {m, K}, .data = wt,
+                               .nbytes = bytes};
+        float *y = malloc(sizeof(float) * (size_t)(n * m)), *xd = malloc(sizeof(float) * (size_t)K);
+        CHECK(peri_matmul_reserve(pool, K, n) == PERI_OK);
+        for (int pass = 0; pass < 2 && !bad; pass++) {
+            peri_pool *pl = pass ? pool : NULL;
+            for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
+            peri_matmul_q8t(pl, y, x, &W, n);
+            // x as the Q8_0 kernel for n rows would take it: rounded to Q8_0 or float
+            const int xt = x_type_now(PERI_TYPE_Q8_0, n);
+            for (int64_t i = 0; i < n && !bad; i++) {
+                requantize(xt, x + i * K, xd, K);
+                for (int64_t j = 0; j < m && !bad; j++) {
+                    double ref = 0;
+                    for (int64_t k = 0; k < K; k++) ref += (double)xd[k] * wf[j * K + k];
+                    // against xd itself: the kernel must round x exactly as the reference would (no quantization
+                    // error allowed beyond the sums' rounding)
+                    const double tol = mm_tol(PERI_TYPE_Q8_0, xt, wf + j * K, xd, xd, K) + 1.2e-7 * fabs(ref);
+                    if (!(fabs(y[i * m + j] - ref) <= tol)) {
+                        fprintf(stderr, "matmul_q8t %s m=%lld K=%lld n=%lld pool=%d: y[%lld][%lld] = %.9g, ref %.9g "
+                                "(tol %.3g)\n", lvl, (long long)m, (long long)K, (long long)n, peri_pool_size(pl),
+                                (long long)i, (long long)j, y[i * m + j], ref, tol);
+                        bad = 1;
+                    }
+                }
+            }
+        }
+        free(wf), free(x), free(w), free(wt), free(back), free(y), free(xd);
+    }
+    CHECKF(!bad, "matmul_q8t at level %s", lvl);
 }
 
 static void test_matmul_level(peri_pool *pool) {
@@ -876,6 +939,7 @@ int main(int argc, char **argv) {
         test_rows_level();
         test_get_row_level();
         test_matmul_nn_level();
+        test_q8t_level(pool);
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);

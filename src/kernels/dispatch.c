@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "runtime/cpu.h"
+#include "tensor/repack.h"
 
 #define QK_K_RESERVE 256 // the largest activation block (Q8_K)
 
@@ -346,6 +347,16 @@ static size_t generic_bytes(int nth, int64_t K) {
     return (size_t)nth * PERI_MM_GENERIC_ROWS * (size_t)K * sizeof(float);
 }
 
+// peri_matmul_q8t's scratch: x quantized (xbytes), then PERI_Q8T_PANEL Q8_0 rows of K per thread, 64-byte aligned;
+// or for few rows the threads' partial sums, PERI_Q8T_SPARSE_ROWS rows of m floats each.
+static size_t q8t_align(size_t b) { return (b + 63) / 64 * 64; }
+static size_t q8t_prefill_bytes(int nth, size_t xbytes, int64_t K) {
+    return q8t_align(xbytes) + (size_t)nth * q8t_align(PERI_Q8T_PANEL * peri_row_size(PERI_TYPE_Q8_0, K));
+}
+static size_t q8t_decode_bytes(int nth, int64_t m) {
+    return (size_t)nth * PERI_Q8T_SPARSE_ROWS * (size_t)m * sizeof(float);
+}
+
 int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
     if (!pool || max_K <= 0 || max_n <= 0) return PERI_OK;
     if (max_K > ((int64_t)1 << 32) || max_n > ((int64_t)1 << 32))
@@ -358,8 +369,14 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
         size_t rs = peri_row_size(xts[t], Kr);
         if (rs > xb) xb = rs;
     }
-    double need = (double)xb * (double)max_n, gen = (double)generic_bytes(peri_pool_size(pool), max_K);
+    const int nth = peri_pool_size(pool);
+    double need = (double)xb * (double)max_n, gen = (double)generic_bytes(nth, max_K);
     if (gen > need) need = gen;
+    // peri_matmul_q8t: quantized x plus a panel per thread, or the threads' partial sums
+    double q8t = (double)q8t_prefill_bytes(nth, peri_row_size(PERI_TYPE_Q8_0, Kr) * (size_t)max_n, Kr),
+           q8t_dec = (double)q8t_decode_bytes(nth, max_K);
+    if (q8t > need) need = q8t;
+    if (q8t_dec > need) need = q8t_dec;
     if (need > (double)((size_t)1 << 40))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
                          (long long)max_K, (long long)max_n, need);
@@ -446,4 +463,146 @@ void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W
     int64_t M = W->shape[0], K = W->shape[W->n_dims - 1];
     for (int d = 1; d < W->n_dims - 1; d++) M *= W->shape[d];
     peri_matmul_ex(pool, y, M, x, K, W, 0, M, bias, n);
+}
+
+// ---- the Q8_0_T layout (PLM's sparse down projection) --------------------------------------------------------
+
+// Rounding x to Q8_0 goes a chunk of groups at a time through a stack buffer of PERI_Q8T_SPARSE_ROWS rows.
+#define Q8T_ROUND_GROUPS 64
+
+void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t m, int64_t G, int64_t n,
+                 bool round_x) {
+    if (m <= 0 || n <= 0) return;
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    void (*kern)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t) =
+        ks->q8t_nn ? ks->q8t_nn : peri_q8t_nn_ref;
+    const struct peri_type_traits *qt = peri_type_traits(PERI_TYPE_Q8_0);
+    peri_from_float_fn quant = ks->quantize_x[PERI_TYPE_Q8_0] ? ks->quantize_x[PERI_TYPE_Q8_0] : qt->from_float;
+    peri_to_float_fn deq = ks->to_float[PERI_TYPE_Q8_0] ? ks->to_float[PERI_TYPE_Q8_0] : qt->to_float;
+    const size_t gs = (size_t)m * sizeof(block_q8_0);
+    for (int64_t i0 = 0; i0 < n; i0 += PERI_Q8T_SPARSE_ROWS) {
+        const int64_t nr = n - i0 < PERI_Q8T_SPARSE_ROWS ? n - i0 : PERI_Q8T_SPARSE_ROWS;
+        for (int64_t i = 0; i < nr; i++) memset(y + (i0 + i) * ldy, 0, sizeof(float) * (size_t)m);
+        if (G <= 0) continue;
+        if (!round_x) {
+            kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, m, G, nr);
+            continue;
+        }
+        _Alignas(64) float xr[PERI_Q8T_SPARSE_ROWS][Q8T_ROUND_GROUPS * QK8_0];
+        block_q8_0 qb[Q8T_ROUND_GROUPS];
+        for (int64_t g0 = 0; g0 < G; g0 += Q8T_ROUND_GROUPS) {
+            const int64_t gn = G - g0 < Q8T_ROUND_GROUPS ? G - g0 : Q8T_ROUND_GROUPS;
+            for (int64_t i = 0; i < nr; i++) {
+                quant(x + (i0 + i) * ldx + g0 * QK8_0, qb, gn * QK8_0);
+                deq(qb, xr[i], gn * QK8_0);
+            }
+            kern(y + i0 * ldy, ldy, xr[0], Q8T_ROUND_GROUPS * QK8_0, (const char *)c + (size_t)g0 * gs, m, gn, nr);
+        }
+    }
+}
+
+struct q8t_job {
+    const struct peri_mm_kernel *e;   // prefill: the level's Q8_0 entry for n rows (fn NULL: the reference dot)
+    float *y;
+    const float *x;
+    const char *xq;                   // prefill: x as e wants it (xrs bytes a row)
+    size_t xrs;
+    const char *c;
+    int64_t m, K, n;
+    bool round_x;                     // decode: x rounded to Q8_0 (peri_q8t_nn)
+    void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
+    float *part;                      // decode with more than one thread: [nth][n][m]
+    char *panels;                     // prefill: per thread, PERI_Q8T_PANEL Q8_0 rows
+    size_t pstride;
+};
+
+static void q8t_task(void *arg, int ith, int nth) {
+    const struct q8t_job *j = arg;
+    const int64_t m = j->m, K = j->K, n = j->n;
+    if (n <= PERI_Q8T_SPARSE_ROWS) {   // the inputs' groups split over the threads
+        long lo, hi;
+        peri_split((long)(K / QK8_0), ith, nth, &lo, &hi);
+        float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(n * m);
+        peri_q8t_nn(out, m, j->x + lo * QK8_0, K, j->c + (size_t)lo * (size_t)m * sizeof(block_q8_0), m, hi - lo, n,
+                    j->round_x);
+        return;
+    }
+    long lo, hi;   // panels of weight rows (outputs) split over the threads
+    peri_split((long)((m + PERI_Q8T_PANEL - 1) / PERI_Q8T_PANEL), ith, nth, &lo, &hi);
+    if (j->gemm) {   // straight from the layout
+        const int64_t j0 = (int64_t)lo * PERI_Q8T_PANEL, j1 = (int64_t)hi * PERI_Q8T_PANEL < m ? hi * PERI_Q8T_PANEL : m;
+        if (j0 < j1) j->gemm(j->y + j0, m, j->x, K, j->c, m, j0, j1 - j0, K, n);
+        return;
+    }
+    char *panel = j->panels + (size_t)ith * j->pstride;
+    const size_t prs = peri_row_size(PERI_TYPE_Q8_0, K);
+    for (long u = lo; u < hi; u++) {
+        const int64_t j0 = (int64_t)u * PERI_Q8T_PANEL, rows = m - j0 < PERI_Q8T_PANEL ? m - j0 : PERI_Q8T_PANEL;
+        peri_q8_0_t_rows(panel, j->c, m, K, j0, rows);
+        if (j->e->fn) {
+            j->e->fn(j->y + j0, m, j->xq, j->xrs, panel, prs, K, rows, n, NULL);
+        } else {
+            const peri_tensor P = {.name = "q8t panel", .type = PERI_TYPE_Q8_0, .n_dims = 2, .shape = {rows, K},
+                                   .data = panel, .nbytes = prs * (size_t)rows};
+            peri_matmul_ex_ref(NULL, j->y + j0, m, j->x, K, &P, 0, rows, NULL, n);
+        }
+    }
+}
+
+void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n) {
+    const int64_t m = W->shape[0], K = W->n_dims == 2 ? W->shape[1] : 0;
+    if (m <= 0 || n <= 0) return;
+    if (W->type != PERI_TYPE_Q8_0_T || K <= 0 || K % QK8_0) {
+        peri_fail(PERI_E_UNSUPPORTED, "matmul_q8t: weight '%s' is not an m x K Q8_0_T matrix (type %s, K %lld)",
+                  W->name ? W->name : "?", peri_type_name(W->type), (long long)K);
+        for (int64_t i = 0; i < n * m; i++) y[i] = NAN;
+        return;
+    }
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    const int nth = peri_pool_size(pool);
+    struct q8t_job j = {.y = y, .x = x, .c = W->data, .m = m, .K = K, .n = n};
+    j.e = choose_kernel(ks, PERI_TYPE_Q8_0, n, W->flags);
+    j.round_x = j.e->fn && j.e->x_type == PERI_TYPE_Q8_0;
+    if (n <= PERI_Q8T_SPARSE_ROWS) {
+        j.part = nth > 1 ? peri_pool_scratch_acquire(pool, q8t_decode_bytes(nth, m)) : NULL;
+        if (!j.part) {   // one thread, straight into y
+            q8t_task(&j, 0, 1);
+            return;
+        }
+        peri_pool_run(pool, q8t_task, &j);
+        for (int64_t i = 0; i < n; i++) {
+            float *yi = y + i * m;
+            memcpy(yi, j.part + i * m, sizeof(float) * (size_t)m);
+            for (int t = 1; t < nth; t++) ks->axpy(yi, 1.0f, j.part + (size_t)t * (size_t)(n * m) + i * m, m);
+        }
+        peri_pool_scratch_release(pool);
+        return;
+    }
+    if (j.e->fn && j.e->x_type == PERI_TYPE_F32 && ks->q8t_mm) {   // the float GEMM: no panels, no scratch
+        j.gemm = ks->q8t_mm;
+        peri_pool_run(pool, q8t_task, &j);
+        return;
+    }
+    const int xt = j.e->fn ? j.e->x_type : PERI_TYPE_F32;
+    const struct peri_type_traits *xtt = peri_type_traits(xt);
+    j.xrs = xt == PERI_TYPE_F32 ? (size_t)K * sizeof(float) : peri_row_size(xt, K);
+    const size_t xbytes = xt == PERI_TYPE_F32 ? 0 : j.xrs * (size_t)n;
+    char *buf = peri_pool_scratch_acquire(pool, q8t_prefill_bytes(nth, xbytes, K));
+    if (!buf || (xt != PERI_TYPE_F32 && !xtt->from_float)) {   // no scratch: the decode kernel, 4 rows at a time
+        if (buf) peri_pool_scratch_release(pool);
+        peri_q8t_nn(y, m, x, K, W->data, m, K / QK8_0, n, j.round_x);
+        return;
+    }
+    j.panels = buf + q8t_align(xbytes);
+    j.pstride = q8t_align(PERI_Q8T_PANEL * peri_row_size(PERI_TYPE_Q8_0, K));
+    if (xt == PERI_TYPE_F32) {
+        j.xq = (const char *)x;
+    } else {
+        struct qx_job q = {.from_float = ks->quantize_x[xt] ? ks->quantize_x[xt] : xtt->from_float, .x = x,
+                           .ldx = K, .K = K, .n = n, .dst = buf, .xrs = j.xrs};
+        quantize_x(pool, &q);
+        j.xq = buf;
+    }
+    peri_pool_run(pool, q8t_task, &j);
+    peri_pool_scratch_release(pool);
 }

@@ -32,7 +32,7 @@
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
-    bool down_t;                 // down is down_tt, the file's weight transposed at load: [n_ff][D] (down_proj)
+    bool down_t;                 // down is down_tt, the file's weight rearranged at load: [n_ff][D], or Q8_0_T [D][n_ff]
     peri_tensor down_tt;
     float *attn_norm, *kva_norm, *ffn_norm;
 };
@@ -195,10 +195,11 @@ static int get_w_f32(peri_model *m, const char *hf, const char *gg, int l, int64
     return peri_model_get_f32(m, name, 1, &n, out);
 }
 
-// The down projections transposed ([n_ff][D]) for the sparse decode (down_proj): float types only, where the
-// transposition is exact (a block type's blocks run along the inputs). A mapped weight is transposed into a buffer of
-// the model and its pages dropped (the memory stays about that of the file, without copy-on-write copies of the
-// pages); one read into memory is transposed in place. Layers go to the threads of a pool made for the load
+// The down projections stored by input for the sparse decode (down_proj): float types transposed ([n_ff][D]); Q8_0
+// rearranged into Q8_0_T (tensor/repack.h: groups of 32 inputs, each the D scales then 32 rows of D codes), both
+// exact. Other block types stay (their blocks run along the inputs). A mapped weight goes into a buffer of the model
+// and its pages are dropped (the memory stays about that of the file, without copy-on-write copies of the pages);
+// one read into memory is rearranged in place. Layers go to the threads of a pool made for the load
 // (n_threads of the model parameters). use_repack off keeps the file's layout.
 struct transpose_job {
     peri_model *m;
@@ -214,11 +215,21 @@ static void transpose_task(void *arg, int ith, int nth) {
         struct plm_layer *L = &J->p->layers[l];
         if (!L->down_t) continue;
         const peri_tensor *W = &L->down_tt;
+        const int64_t D = J->p->n_embd, F = J->p->n_ff;
+        if (W->type == PERI_TYPE_Q8_0) {   // to Q8_0_T: groups of 32 inputs (repack.h)
+            if (J->bufs[l]) {
+                peri_q8_0_t_from_q8_0(J->bufs[l], W->data, D, F);
+                peri_weights_release(&J->m->w, W);
+            } else if (peri_q8_0_t_inplace((void *)W->data, D, F)) {
+                atomic_store(&J->rc, PERI_E_NOMEM);
+            }
+            continue;
+        }
         const size_t esz = W->type == PERI_TYPE_F32 ? 4 : 2;
         if (J->bufs[l]) {
-            peri_transpose_elems(J->bufs[l], W->data, J->p->n_embd, J->p->n_ff, esz);
+            peri_transpose_elems(J->bufs[l], W->data, D, F, esz);
             peri_weights_release(&J->m->w, W);
-        } else if (peri_transpose_inplace((void *)W->data, J->p->n_embd, J->p->n_ff, esz)) {
+        } else if (peri_transpose_inplace((void *)W->data, D, F, esz)) {
             atomic_store(&J->rc, PERI_E_NOMEM);
         }
     }
@@ -232,7 +243,7 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         const int t = L->down->type;
-        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16) continue;
+        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16 && t != PERI_TYPE_Q8_0) continue;
         if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
             return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
         L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
@@ -252,7 +263,8 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
         struct plm_layer *L = &p->layers[l];
         if (!L->down_t) continue;
         if (bufs[l]) L->down_tt.data = bufs[l];
-        L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
+        if (L->down_tt.type == PERI_TYPE_Q8_0) L->down_tt.type = PERI_TYPE_Q8_0_T;   // shape stays [D][n_ff]
+        else L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
         L->down = &L->down_tt;
     }
     return PERI_OK;
@@ -819,8 +831,8 @@ static void kattn_task(void *arg, int ith, int nth) {
 // projection"), so with down stored transposed (a row of D values per input) a decoded token reads only the rows of
 // its non-zero inputs: the inputs are split over the threads, each summing its share's rows into its own partial
 // (peri_matmul_nn on a few x rows skips inputs zero in all of them when C is beyond the caches), and the partials
-// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. Without the transposition
-// (another type, or use_repack off) it is the plain matmul.
+// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. A Q8_0_T down does the same
+// inside peri_matmul_q8t. Without the rearrangement (another type, or use_repack off) it is the plain matmul.
 struct down_job {
     peri_context *c;
     const peri_tensor *W;
@@ -851,6 +863,10 @@ static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
     const int64_t D = ((const struct plm_model *)c->model->arch)->n_embd;
     if (!L->down_t) {
         peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
+        return;
+    }
+    if (L->down->type == PERI_TYPE_Q8_0_T) {
+        peri_matmul_q8t(c->pool, x->tmp, x->ff, L->down, N);
         return;
     }
     struct down_job J = {c, L->down, N};

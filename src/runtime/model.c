@@ -10,6 +10,9 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 // Every architecture peri runs. Order matters only if two could match the same files.
 static const struct peri_arch_ops *const g_archs[] = {
@@ -54,6 +57,14 @@ void *peri_model_alloc(peri_model *m, size_t bytes) {
     void *p = calloc(1, bytes ? bytes : 1);
     if (!p) { peri_fail(PERI_E_NOMEM, "out of memory allocating %zu bytes", bytes); return NULL; }
     m->owned[m->n_owned++] = p;
+#if defined(MADV_HUGEPAGE)
+    // Large buffers (weights rearranged at load) on 2 MB pages where the kernel allows them: the kernels read them by
+    // scattered rows (PLM's sparse down projection), and with 4 KB pages nearly every row was a TLB miss. Only the
+    // whole 2 MB pages inside the buffer are advised (no memory beyond it); advice, so a failure changes nothing.
+    const uintptr_t huge = (uintptr_t)2 << 20, lo = ((uintptr_t)p + huge - 1) & ~(huge - 1),
+                    hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#endif
     return p;
 }
 

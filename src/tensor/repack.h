@@ -32,6 +32,20 @@ int peri_repack_type(int type, int64_t row_len);
 // Returns 0, or PERI_E_NOMEM if the one-row scratch cannot be had (the data is then unchanged).
 int peri_repack_rows(int type, void *data, int64_t row_len, int64_t n_rows);
 
+// Q8_0_T: an m x K Q8_0 weight (m rows of K inputs, blocks of 32 along the inputs) stored by groups of 32 inputs,
+// so that the inputs an activation leaves at zero can be skipped (PLM's sparse down projection: models/plm.c,
+// peri_matmul_q8t). Group g (34 m bytes) holds the scales of block g of rows 0..m-1 (m F16), then for i < 32 the
+// codes of input 32 g + i of rows 0..m-1 (m int8): the file's bytes rearranged, so the conversion is exact and the
+// size unchanged. Value (row j, input k) = scale[k / 32][j] * code[k][j].
+static inline size_t peri_q8_0_t_group_bytes(int64_t m) { return (size_t)m * sizeof(block_q8_0); }
+// The m x K Q8_0 matrix src (rows K / 32 blocks long) into Q8_0_T at dst (not overlapping), or in place through a
+// scratch copy (returns 0, or PERI_E_NOMEM if the copy cannot be had: the data is then unchanged).
+void peri_q8_0_t_from_q8_0(void *dst, const void *src, int64_t m, int64_t K);
+int peri_q8_0_t_inplace(void *data, int64_t m, int64_t K);
+// Rows j0 .. j0 + rows - 1 of a Q8_0_T matrix (m x K) back as Q8_0 rows (K / 32 blocks each) at dst: the panels the
+// prefill GEMM multiplies with the level's Q8_0 kernel.
+void peri_q8_0_t_rows(void *dst, const void *src, int64_t m, int64_t K, int64_t j0, int64_t rows);
+
 // A rows x cols matrix of esz-byte elements (esz 4: F32, 2: F16, BF16) transposed into cols x rows (PLM's down projection,
 // whose decode reads one row per non-zero input: models/plm.c): from src into dst (not overlapping), or in place
 // through a scratch copy (returns 0, or PERI_E_NOMEM if the copy cannot be had: the data is then unchanged).

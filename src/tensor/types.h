@@ -46,6 +46,7 @@ enum peri_type {
     PERI_TYPE_BOOL = 40,   // peri-only (safetensors BOOL; never written to GGUF)
     PERI_TYPE_U8 = 41,     // peri-only (safetensors U8)
     PERI_TYPE_Q4_0_X16 = 42, // peri-only: Q4_0 repacked at load for the kernels (tensor/repack.h); never in a file
+    PERI_TYPE_Q8_0_T = 43,   // peri-only: a Q8_0 matrix stored by groups of 32 inputs (tensor/repack.h); never in a file
     PERI_TYPE_COUNT,
 };
 

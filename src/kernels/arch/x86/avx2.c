@@ -250,6 +250,7 @@ PERI_INLINE void transpose8(__m256 r[8]) {
 }
 #define GP_TRANSPOSE(t) transpose8(t)
 #define GP_LOADW_N(wt, row, k, n) ((n) == 8 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
+#define GP_LOADQ8(p) q8_0_vals8(p)
 #include "kernels/gemm_outer.inc"
 
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
@@ -799,6 +800,8 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn, [PERI_TYPE_Q5_K] = mm_q5_K_nn},
+    .q8t_nn = mm_q8t_nn,
+    .q8t_mm = mm_q8t_gemm,
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
 };
 
