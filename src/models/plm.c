@@ -32,8 +32,7 @@
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
-    bool down_t;                 // down is down_tt, the file's weight rearranged at load: [n_ff][D], or Q8_0_T [D][n_ff]
-    peri_tensor down_tt;
+    peri_tensor down_tt;         // down points here when rearranged at load: [n_ff][D], or Q8_0_T [D][n_ff]
     float *attn_norm, *kva_norm, *ffn_norm;
 };
 
@@ -213,7 +212,7 @@ static void transpose_task(void *arg, int ith, int nth) {
     struct transpose_job *J = arg;
     for (int l; (l = atomic_fetch_add(&J->next, 1)) < J->p->n_layer;) {
         struct plm_layer *L = &J->p->layers[l];
-        if (!L->down_t) continue;
+        if (L->down != &L->down_tt) continue;
         const peri_tensor *W = &L->down_tt;
         const int64_t D = J->p->n_embd, F = J->p->n_ff;
         if (W->type == PERI_TYPE_Q8_0) {   // to Q8_0_T: groups of 32 inputs (repack.h)
@@ -247,7 +246,7 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
         if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
             return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
         L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
-        L->down_t = true, any = 1;
+        L->down = &L->down_tt, any = 1;
     }
     if (!any) return PERI_OK;
     struct transpose_job J = {.m = m, .p = p, .bufs = bufs};
@@ -261,11 +260,10 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
     if (atomic_load(&J.rc)) return peri_fail(PERI_E_NOMEM, "transposing the down projections: out of memory");
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
-        if (!L->down_t) continue;
+        if (L->down != &L->down_tt) continue;
         if (bufs[l]) L->down_tt.data = bufs[l];
         if (L->down_tt.type == PERI_TYPE_Q8_0) L->down_tt.type = PERI_TYPE_Q8_0_T;   // shape stays [D][n_ff]
         else L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
-        L->down = &L->down_tt;
     }
     return PERI_OK;
 }
@@ -861,7 +859,7 @@ static void down_task(void *arg, int ith, int nth) {
 static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
     struct plm_ctx *x = c->arch;
     const int64_t D = ((const struct plm_model *)c->model->arch)->n_embd;
-    if (!L->down_t) {
+    if (L->down != &L->down_tt) {
         peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
         return;
     }
