@@ -325,9 +325,9 @@ static void test_matmul_nn_level(void) {
 }
 
 // peri_matmul_q8t (an m x K Q8_0 weight in the Q8_0_T layout: PLM's down projection) against the float64 sum over the
-// Q8_0 values: up to 4 x rows through the sparse decode kernel (90%, 50%, all or no x values zero; more than one
-// batch of 64 groups; strips with tails), more rows through panels of Q8_0 rows and the level's Q8_0 kernel (panels
-// with a tail), each through the pool and on the caller alone (no scratch: the decode kernel 4 rows at a time); x
+// Q8_0 values: up to 64 x rows through the sparse kernel (90%, 50%, all or no x values zero; passes with tails),
+// more rows through the level's GEMM from the layout or panels of Q8_0 rows and its Q8_0 kernel (panels with a
+// tail), each through the pool and on the caller alone (no scratch: the sparse kernel 4 rows at a time); x
 // rounded to Q8_0 wherever the level's Q8_0 kernel for n rows would quantize it. The layout's conversion must
 // round-trip byte for byte.
 static void test_q8t_level(peri_pool *pool) {
@@ -339,7 +339,8 @@ static void test_q8t_level(peri_pool *pool) {
     static const int64_t shapes[][4] = {   // m, K, n, % of x zero
         {1, 32, 1, 0},      {7, 64, 2, 50},    {64, 96, 1, 90},  {100, 320, 3, 90}, {1001, 2400, 1, 90},
         {250, 4160, 4, 50}, {67, 2112, 2, 100}, {129, 160, 1, 0}, {33, 64, 4, 0},   {45, 96, 5, 50},
-        {100, 256, 13, 0},  {70, 320, 70, 90}, {300, 2112, 9, 90}, {40, 1088, 66, 50}};   // last: K chunks
+        {100, 256, 13, 0},  {70, 320, 70, 90}, {300, 2112, 9, 90}, {40, 1088, 66, 50},   // K chunks
+        {100, 320, 40, 90}};   // the partial sums of 16 rows at a time
     int bad = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
         const int64_t m = shapes[si][0], K = shapes[si][1], n = shapes[si][2];

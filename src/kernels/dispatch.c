@@ -348,13 +348,13 @@ static size_t generic_bytes(int nth, int64_t K) {
 }
 
 // peri_matmul_q8t's scratch: x quantized (xbytes), then PERI_Q8T_PANEL Q8_0 rows of K per thread, 64-byte aligned;
-// or for few rows the threads' partial sums, PERI_Q8T_SPARSE_ROWS rows of m floats each.
+// or for few rows the threads' partial sums, PERI_Q8T_DECODE_ROWS rows of m floats each.
 static size_t q8t_align(size_t b) { return (b + 63) / 64 * 64; }
 static size_t q8t_prefill_bytes(int nth, size_t xbytes, int64_t K) {
     return q8t_align(xbytes) + (size_t)nth * q8t_align(PERI_Q8T_PANEL * peri_row_size(PERI_TYPE_Q8_0, K));
 }
 static size_t q8t_decode_bytes(int nth, int64_t m) {
-    return (size_t)nth * PERI_Q8T_SPARSE_ROWS * (size_t)m * sizeof(float);
+    return (size_t)nth * PERI_Q8T_DECODE_ROWS * (size_t)m * sizeof(float);
 }
 
 int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
@@ -467,28 +467,30 @@ void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W
 
 // ---- the Q8_0_T layout (PLM's sparse down projection) --------------------------------------------------------
 
-// Rounding x to Q8_0 goes a chunk of groups at a time through a stack buffer of PERI_Q8T_SPARSE_ROWS rows.
+// The kernel takes Q8T_ROWS x rows at a time; rounding x to Q8_0 goes a chunk of groups at a time through a stack
+// buffer of that many rows.
+#define Q8T_ROWS 4
 #define Q8T_ROUND_GROUPS 64
 
-void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t m, int64_t G, int64_t n,
-                 bool round_x) {
+void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0, int64_t m,
+                 int64_t G, int64_t n, bool round_x) {
     if (m <= 0 || n <= 0) return;
     const struct peri_kernel_set *ks = peri_kernels_current();
-    void (*kern)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t) =
+    void (*kern)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t) =
         ks->q8t_nn ? ks->q8t_nn : peri_q8t_nn_ref;
     const struct peri_type_traits *qt = peri_type_traits(PERI_TYPE_Q8_0);
     peri_from_float_fn quant = ks->quantize_x[PERI_TYPE_Q8_0] ? ks->quantize_x[PERI_TYPE_Q8_0] : qt->from_float;
     peri_to_float_fn deq = ks->to_float[PERI_TYPE_Q8_0] ? ks->to_float[PERI_TYPE_Q8_0] : qt->to_float;
-    const size_t gs = (size_t)m * sizeof(block_q8_0);
-    for (int64_t i0 = 0; i0 < n; i0 += PERI_Q8T_SPARSE_ROWS) {
-        const int64_t nr = n - i0 < PERI_Q8T_SPARSE_ROWS ? n - i0 : PERI_Q8T_SPARSE_ROWS;
+    const size_t gs = (size_t)mw * sizeof(block_q8_0);
+    for (int64_t i0 = 0; i0 < n; i0 += Q8T_ROWS) {
+        const int64_t nr = n - i0 < Q8T_ROWS ? n - i0 : Q8T_ROWS;
         for (int64_t i = 0; i < nr; i++) memset(y + (i0 + i) * ldy, 0, sizeof(float) * (size_t)m);
         if (G <= 0) continue;
         if (!round_x) {
-            kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, m, G, nr);
+            kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
             continue;
         }
-        _Alignas(64) float xr[PERI_Q8T_SPARSE_ROWS][Q8T_ROUND_GROUPS * QK8_0];
+        _Alignas(64) float xr[Q8T_ROWS][Q8T_ROUND_GROUPS * QK8_0];
         block_q8_0 qb[Q8T_ROUND_GROUPS];
         for (int64_t g0 = 0; g0 < G; g0 += Q8T_ROUND_GROUPS) {
             const int64_t gn = G - g0 < Q8T_ROUND_GROUPS ? G - g0 : Q8T_ROUND_GROUPS;
@@ -496,7 +498,8 @@ void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void 
                 quant(x + (i0 + i) * ldx + g0 * QK8_0, qb, gn * QK8_0);
                 deq(qb, xr[i], gn * QK8_0);
             }
-            kern(y + i0 * ldy, ldy, xr[0], Q8T_ROUND_GROUPS * QK8_0, (const char *)c + (size_t)g0 * gs, m, gn, nr);
+            kern(y + i0 * ldy, ldy, xr[0], Q8T_ROUND_GROUPS * QK8_0, (const char *)c + (size_t)g0 * gs, mw, c0, m, gn,
+                 nr);
         }
     }
 }
@@ -523,8 +526,8 @@ static void q8t_task(void *arg, int ith, int nth) {
         long lo, hi;
         peri_split((long)(K / QK8_0), ith, nth, &lo, &hi);
         float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(n * m);
-        peri_q8t_nn(out, m, j->x + lo * QK8_0, K, j->c + (size_t)lo * (size_t)m * sizeof(block_q8_0), m, hi - lo, n,
-                    j->round_x);
+        peri_q8t_nn(out, m, j->x + lo * QK8_0, K, j->c + (size_t)lo * (size_t)m * sizeof(block_q8_0), m, 0, m, hi - lo,
+                    n, j->round_x);
         return;
     }
     long lo, hi;   // panels of weight rows (outputs) split over the threads
@@ -569,11 +572,16 @@ void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tenso
             q8t_task(&j, 0, 1);
             return;
         }
-        peri_pool_run(pool, q8t_task, &j);
-        for (int64_t i = 0; i < n; i++) {
-            float *yi = y + i * m;
-            memcpy(yi, j.part + i * m, sizeof(float) * (size_t)m);
-            for (int t = 1; t < nth; t++) ks->axpy(yi, 1.0f, j.part + (size_t)t * (size_t)(n * m) + i * m, m);
+        for (int64_t i0 = 0; i0 < n; i0 += PERI_Q8T_DECODE_ROWS) {   // the partial sums of that many rows at a time
+            struct q8t_job jc = j;
+            jc.n = n - i0 < PERI_Q8T_DECODE_ROWS ? n - i0 : PERI_Q8T_DECODE_ROWS;
+            jc.x = x + i0 * K, jc.y = y + i0 * m;
+            peri_pool_run(pool, q8t_task, &jc);
+            for (int64_t i = 0; i < jc.n; i++) {
+                float *yi = jc.y + i * m;
+                memcpy(yi, j.part + i * m, sizeof(float) * (size_t)m);
+                for (int t = 1; t < nth; t++) ks->axpy(yi, 1.0f, j.part + (size_t)t * (size_t)(jc.n * m) + i * m, m);
+            }
         }
         peri_pool_scratch_release(pool);
         return;
@@ -590,7 +598,7 @@ void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tenso
     char *buf = peri_pool_scratch_acquire(pool, q8t_prefill_bytes(nth, xbytes, K));
     if (!buf || (xt != PERI_TYPE_F32 && !xtt->from_float)) {   // no scratch: the decode kernel, 4 rows at a time
         if (buf) peri_pool_scratch_release(pool);
-        peri_q8t_nn(y, m, x, K, W->data, m, K / QK8_0, n, j.round_x);
+        peri_q8t_nn(y, m, x, K, W->data, m, 0, m, K / QK8_0, n, j.round_x);
         return;
     }
     j.panels = buf + q8t_align(xbytes);

@@ -33,23 +33,25 @@ void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int 
 
 // y[n x m] = x[n x K] . W^T for W an m x K weight in the Q8_0_T layout (tensor/repack.h; PLM's down projection,
 // whose activations are mostly zero), with the numbers of peri_matmul on the Q8_0 weight: x rounded to Q8_0 where the
-// level's Q8_0 kernel for n rows quantizes x (not in exact mode), else float. Up to PERI_Q8T_SPARSE_ROWS x rows:
-// each thread sums the code rows of its share of the inputs that are non-zero in some x row (peri_q8t_nn), then the
-// threads' partial sums are added. More rows, where the level's Q8_0 kernel for n rows takes float x: the level's
-// GEMM straight from the layout (q8t_mm); else each thread turns panels of PERI_Q8T_PANEL weight rows back into Q8_0
-// rows and multiplies them with that kernel. The threads split the outputs. Scratch from the pool
-// (peri_matmul_reserve sizes it); without it, peri_q8t_nn on the caller. Allocates nothing.
-#define PERI_Q8T_SPARSE_ROWS 4
+// level's Q8_0 kernel for n rows quantizes x (not in exact mode), else float. Up to PERI_Q8T_SPARSE_ROWS x rows go
+// through peri_q8t_nn, which reads only the code rows of inputs non-zero in some x row of its 4: the threads split
+// the inputs and their partial sums are added, PERI_Q8T_DECODE_ROWS rows at a time. More rows, where the level's Q8_0 kernel for n rows takes float x: the level's GEMM straight from the
+// layout (q8t_mm); else each thread turns panels of PERI_Q8T_PANEL weight rows back into Q8_0 rows and multiplies
+// them with that kernel. Scratch from the pool (peri_matmul_reserve sizes it); without it, peri_q8t_nn on the
+// caller. Allocates nothing.
+#define PERI_Q8T_DECODE_ROWS 16
+#define PERI_Q8T_SPARSE_ROWS 64
 #define PERI_Q8T_PANEL 32
 void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n);
-// The decode kernel on the caller: y[i][j] = sum_{k < 32 G} x[i * ldx + k] C[k][j] for i < n, j < m (y rows ldy apart,
-// overwritten), c at the first of the G groups (34 m bytes each); with round_x, each block of 32 x values rounded to
-// Q8_0 first (the level's quantize_x, byte for byte the reference; zeros stay zero). The level's kernel (or
-// peri_q8t_nn_ref: the same contract, y += x C for n <= 4) skips the inputs zero in all x rows of a call.
-void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t m, int64_t G, int64_t n,
-                 bool round_x);
-void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t m, int64_t G,
-                     int64_t n);
+// y[i][j] = sum_{k < 32 G} x[i * ldx + k] C[k][j] for i < n, j < m (y rows ldy apart, overwritten), C the weight rows
+// c0 .. c0 + m - 1 of an mw-row Q8_0_T layout, c at the first of its G groups (34 mw bytes each); with round_x, each
+// block of 32 x values rounded to Q8_0 first (the level's quantize_x, byte for byte the reference; zeros stay zero).
+// The level's kernel (or peri_q8t_nn_ref: the same contract, y += x C for n <= 4) takes 4 x rows at a time and skips
+// the inputs zero in all of them.
+void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0, int64_t m,
+                 int64_t G, int64_t n, bool round_x);
+void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
+                     int64_t m, int64_t G, int64_t n);
 
 // dst[c * rows + r] = src[r * ld_src + c] for r < rows, c < cols: a float32 matrix transposed (cache-blocked), for
 // feeding peri_matmul an operand in the layout it wants.

@@ -126,18 +126,18 @@ void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int 
     }
 }
 
-void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t m, int64_t G,
-                     int64_t n) {
+void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
+                     int64_t m, int64_t G, int64_t n) {
     for (int64_t g = 0; g < G; g++) {
-        const char *grp = (const char *)c + (size_t)g * (size_t)m * 34;
-        const int8_t *codes = (const int8_t *)(grp + 2 * m);
+        const char *grp = (const char *)c + (size_t)g * (size_t)mw * 34;
+        const int8_t *codes = (const int8_t *)(grp + 2 * mw) + c0;
         for (int64_t j = 0; j < m; j++) {
             uint16_t h;
-            memcpy(&h, grp + 2 * j, 2);
+            memcpy(&h, grp + 2 * (c0 + j), 2);
             const float d = peri_f16_to_f32(h);
             for (int64_t i = 0; i < n; i++) {
                 float t = 0;
-                for (int k = 0; k < 32; k++) t += x[i * ldx + 32 * g + k] * (float)codes[(int64_t)k * m + j];
+                for (int k = 0; k < 32; k++) t += x[i * ldx + 32 * g + k] * (float)codes[(int64_t)k * mw + j];
                 y[i * ldy + j] += d * t;
             }
         }
