@@ -382,6 +382,25 @@ static void test_q8t_level(peri_pool *pool) {
                 }
             }
         }
+        if (n <= 4 && !bad) {   // peri_q8t_nn on a range of the weight rows (c0 ..), float x, every thread's kernel
+            const int64_t c0 = m / 3, mc = m - c0;
+            for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
+            peri_q8t_nn(y, m, x, K, wt, m, c0, mc, K / 32, n, false);
+            for (int64_t i = 0; i < n && !bad; i++)
+                for (int64_t j = 0; j < m && !bad; j++) {
+                    double ref = 0;
+                    for (int64_t k = 0; j < mc && k < K; k++) ref += (double)x[i * K + k] * wf[(c0 + j) * K + k];
+                    const double tol = j < mc ? mm_tol(PERI_TYPE_Q8_0, PERI_TYPE_F32, wf + (c0 + j) * K, x + i * K,
+                                                       x + i * K, K) + 1.2e-7 * fabs(ref) : 0;
+                    if (j >= mc) ref = 12345.0;   // past the range: untouched
+                    if (!(fabs(y[i * m + j] - ref) <= tol)) {
+                        fprintf(stderr, "q8t_nn %s m=%lld K=%lld n=%lld c0=%lld: y[%lld][%lld] = %.9g, ref %.9g\n", lvl,
+                                (long long)m, (long long)K, (long long)n, (long long)c0, (long long)i, (long long)j,
+                                y[i * m + j], ref);
+                        bad = 1;
+                    }
+                }
+        }
         free(wf), free(x), free(w), free(wt), free(back), free(y), free(xd);
     }
     CHECKF(!bad, "matmul_q8t at level %s", lvl);
