@@ -512,9 +512,9 @@ struct q8t_job {
     size_t xrs;
     const char *c;
     int64_t m, K, n;
-    bool round_x;                     // decode: x rounded to Q8_0 (peri_q8t_nn)
+    bool round_x;                     // up to PERI_Q8T_SPARSE_ROWS rows: x rounded to Q8_0 (peri_q8t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
-    float *part;                      // decode with more than one thread: [nth][n][m]
+    float *part;                      // the same with more than one thread: [nth][n][m], n <= PERI_Q8T_DECODE_ROWS
     char *panels;                     // prefill: per thread, PERI_Q8T_PANEL Q8_0 rows
     size_t pstride;
 };
