@@ -138,6 +138,10 @@ const char *peri_kernels_info(void) {
 
 float peri_dot(const float *a, const float *b, int64_t n) { return peri_kernels_current()->dot(a, b, n); }
 void peri_axpy(float *y, float a, const float *x, int64_t n) { peri_kernels_current()->axpy(y, a, x, n); }
+void peri_sum_parts(float *out, const float *part, int64_t stride, int nth, int64_t n) {
+    memcpy(out, part, sizeof(float) * (size_t)n);
+    for (int t = 1; t < nth; t++) peri_axpy(out, 1.0f, part + (int64_t)t * stride, n);
+}
 void peri_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps) {
     peri_kernels_current()->layernorm(y, x, w, b, n, eps);
 }
@@ -577,11 +581,7 @@ void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tenso
             jc.n = n - i0 < PERI_Q8T_DECODE_ROWS ? n - i0 : PERI_Q8T_DECODE_ROWS;
             jc.x = x + i0 * K, jc.y = y + i0 * m;
             peri_pool_run(pool, q8t_task, &jc);
-            for (int64_t i = 0; i < jc.n; i++) {
-                float *yi = jc.y + i * m;
-                memcpy(yi, j.part + i * m, sizeof(float) * (size_t)m);
-                for (int t = 1; t < nth; t++) ks->axpy(yi, 1.0f, j.part + (size_t)t * (size_t)(jc.n * m) + i * m, m);
-            }
+            for (int64_t i = 0; i < jc.n; i++) peri_sum_parts(jc.y + i * m, j.part + i * m, jc.n * m, nth, m);
         }
         peri_pool_scratch_release(pool);
         return;

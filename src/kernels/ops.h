@@ -76,6 +76,8 @@ void peri_swiglu_ref(float *y, const float *a, const float *b, int64_t n); // y 
 // docs/kernels.md of the _ref versions, since SIMD sums in a different order).
 float peri_dot(const float *a, const float *b, int64_t n);
 void peri_axpy(float *y, float a, const float *x, int64_t n);
+// out[0..n) = the sum over t < nth of part + t * stride: threads' partial results added, in thread order.
+void peri_sum_parts(float *out, const float *part, int64_t stride, int nth, int64_t n);
 void peri_layernorm(float *y, const float *x, const float *w, const float *b, int64_t n, float eps);
 void peri_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
 void peri_softmax(float *x, int64_t n);

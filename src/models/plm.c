@@ -728,12 +728,6 @@ static void lblock_task(void *arg, int ith, int nth) {
 // Phase 4 does phases 0-2 in one run with a softmax local to the thread's keys: the thread keeps, per head, its
 // largest score m_t and the sum l_t of exp(s - m_t), and the W_vb job combines the partials (heads_combine), as
 // flash attention does. It needs a visible key (the token's own) and no probabilities for the callback.
-// out[0..n) = the sum over threads t < nth of part + t * stride (the threads' partial results).
-static void sum_parts(float *out, const float *part, int64_t stride, int nth, int64_t n) {
-    memcpy(out, part, sizeof(float) * (size_t)n);
-    for (int t = 1; t < nth; t++) peri_axpy(out, 1.0f, part + (int64_t)t * stride, n);
-}
-
 struct kattn_job {
     peri_context *c;
     int64_t layer;
@@ -760,7 +754,7 @@ static void kattn_task(void *arg, int ith, int nth) {
                 if (x->probs) memcpy(x->probs + h * nctx, sc + h * nctx, sizeof(float) * (size_t)nk);
                 continue;
             }
-            sum_parts(x->clat + h * R, x->part + h * R, H * R, nth, R);
+            peri_sum_parts(x->clat + h * R, x->part + h * R, H * R, nth, R);
         }
         return;
     }
@@ -870,7 +864,7 @@ static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
     struct down_job J = {c, L->down, N};
     peri_pool_run(c->pool, down_task, &J);
     if (N > PLM_SPARSE_ROWS) return;
-    for (int64_t n = 0; n < N; n++) sum_parts(x->tmp + n * D, x->dpart + n * D, PLM_SPARSE_ROWS * D, x->nth, D);
+    for (int64_t n = 0; n < N; n++) peri_sum_parts(x->tmp + n * D, x->dpart + n * D, PLM_SPARSE_ROWS * D, x->nth, D);
 }
 
 struct heads_job {
