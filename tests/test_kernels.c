@@ -324,86 +324,99 @@ static void test_matmul_nn_level(void) {
     }
 }
 
-// peri_matmul_q8t (an m x K Q8_0 weight in the Q8_0_T layout: PLM's down projection) against the float64 sum over the
-// Q8_0 values: up to 64 x rows through the sparse kernel (90%, 50%, all or no x values zero; passes with tails),
-// more rows through the level's GEMM from the layout or panels of Q8_0 rows and its Q8_0 kernel (panels with a
-// tail), each through the pool and on the caller alone (no scratch: the sparse kernel 4 rows at a time); x
-// rounded to Q8_0 wherever the level's Q8_0 kernel for n rows would quantize it. The layout's conversion must
-// round-trip byte for byte.
-static void test_q8t_level(peri_pool *pool) {
+// peri_matmul_t (an m x K Q8_0, Q4_K or Q6_K weight in its T layout: PLM's down projection) against the float64 sum
+// over the weight's values: up to 64 x rows through the sparse kernel (90%, 50%, all or no x values zero; passes with
+// tails; weights wider than the kernel's column chunk), more rows through the level's GEMM from the layout (Q8_0_T)
+// or panels of the base type's rows and its kernel, each through the pool and on the caller alone (no scratch: the
+// sparse kernel 4 rows at a time); x rounded (Q8_0, Q8_K) wherever the level's kernel for the base type and n rows
+// would quantize it. The layout's conversion must round-trip byte for byte.
+static void test_t_level(peri_pool *pool) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
-#if defined(__x86_64__) || defined(__aarch64__)
-    if (peri_kernels_level() != PERI_KERNELS_REF)
-        CHECKF(peri_kernels_current()->q8t_nn != NULL, "q8t_nn at %s: missing", lvl);
-#endif
-    static const int64_t shapes[][4] = {   // m, K, n, % of x zero
+    static const int64_t q8_shapes[][4] = {   // m, K, n, % of x zero
         {1, 32, 1, 0},      {7, 64, 2, 50},    {64, 96, 1, 90},  {100, 320, 3, 90}, {1001, 2400, 1, 90},
         {250, 4160, 4, 50}, {67, 2112, 2, 100}, {129, 160, 1, 0}, {33, 64, 4, 0},   {45, 96, 5, 50},
         {100, 256, 13, 0},  {70, 320, 70, 90}, {300, 2112, 9, 90}, {40, 1088, 66, 50},   // K chunks
-        {100, 320, 40, 90}};   // the partial sums of 16 rows at a time
+        {100, 320, 40, 90}, {0, 0, 0, 0}};   // the partial sums of 16 rows at a time
+    static const int64_t k_shapes[][4] = {
+        {64, 256, 1, 0},    {128, 512, 2, 50},  {64, 768, 3, 90},   {192, 2560, 4, 90}, {256, 1024, 1, 100},
+        {64, 256, 5, 50},   {128, 512, 13, 0},  {2112, 512, 1, 90}, {2112, 256, 3, 50},   // column chunks
+        {64, 256, 70, 90},  {192, 512, 66, 50}, {128, 768, 40, 90}, {0, 0, 0, 0}};
+    const int types[] = {PERI_TYPE_Q8_0_T, PERI_TYPE_Q4_K_T, PERI_TYPE_Q6_K_T};
     int bad = 0;
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
-        const int64_t m = shapes[si][0], K = shapes[si][1], n = shapes[si][2];
-        float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
-        char *w = make_weight(PERI_TYPE_Q8_0, m, K, wf);
-        const size_t bytes = (size_t)m * peri_row_size(PERI_TYPE_Q8_0, K);
-        char *wt = malloc(bytes), *back = malloc(bytes);
-        peri_q8_0_t_from_q8_0(wt, w, m, K);
-        for (int64_t j0 = 0; j0 < m; j0 += 32) {
-            const int64_t rows = m - j0 < 32 ? m - j0 : 32;
-            peri_q8_0_t_rows(back + (size_t)j0 * peri_row_size(PERI_TYPE_Q8_0, K), wt, m, K, j0, rows);
-        }
-        CHECKF(memcmp(back, w, bytes) == 0, "Q8_0_T round trip m=%lld K=%lld", (long long)m, (long long)K);
-        for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
-        const peri_tensor W = {.name = "q8t", .type = PERI_TYPE_Q8_0_T, .n_dims = 2, .shape = {m, K}, .data = wt,
-                               .nbytes = bytes};
-        float *y = malloc(sizeof(float) * (size_t)(n * m)), *xd = malloc(sizeof(float) * (size_t)K);
-        CHECK(peri_matmul_reserve(pool, K, n) == PERI_OK);
-        for (int pass = 0; pass < 2 && !bad; pass++) {
-            peri_pool *pl = pass ? pool : NULL;
-            for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
-            peri_matmul_q8t(pl, y, x, &W, n);
-            // x as the Q8_0 kernel for n rows would take it: rounded to Q8_0 or float
-            const int xt = x_type_now(PERI_TYPE_Q8_0, n);
-            for (int64_t i = 0; i < n && !bad; i++) {
-                requantize(xt, x + i * K, xd, K);
-                for (int64_t j = 0; j < m && !bad; j++) {
-                    double ref = 0;
-                    for (int64_t k = 0; k < K; k++) ref += (double)xd[k] * wf[j * K + k];
-                    // against xd itself: the kernel must round x exactly as the reference would (no quantization
-                    // error allowed beyond the sums' rounding)
-                    const double tol = mm_tol(PERI_TYPE_Q8_0, xt, wf + j * K, xd, xd, K) + 1.2e-7 * fabs(ref);
-                    if (!(fabs(y[i * m + j] - ref) <= tol)) {
-                        fprintf(stderr, "matmul_q8t %s m=%lld K=%lld n=%lld pool=%d: y[%lld][%lld] = %.9g, ref %.9g "
-                                "(tol %.3g)\n", lvl, (long long)m, (long long)K, (long long)n, peri_pool_size(pl),
-                                (long long)i, (long long)j, y[i * m + j], ref, tol);
-                        bad = 1;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0] && !bad; ti++) {
+        const int tt = types[ti], base = peri_t_base(tt);
+#if defined(__x86_64__) || defined(__aarch64__)
+        if (peri_kernels_level() != PERI_KERNELS_REF)
+            CHECKF(peri_kernels_current()->t_nn[peri_t_kind(tt)] != NULL, "t_nn %s at %s: missing", peri_type_name(tt),
+                   lvl);
+#endif
+        const int64_t(*shapes)[4] = tt == PERI_TYPE_Q8_0_T ? q8_shapes : k_shapes;
+        for (size_t si = 0; shapes[si][0] && !bad; si++) {
+            const int64_t m = shapes[si][0], K = shapes[si][1], n = shapes[si][2];
+            CHECKF(peri_t_layout(base, m, K) == tt, "peri_t_layout(%s, %lld, %lld)", peri_type_name(base), (long long)m,
+                   (long long)K);
+            float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+            char *w = make_weight(base, m, K, wf);
+            const size_t rs = peri_row_size(base, K), bytes = (size_t)m * rs;
+            char *wt = malloc(bytes), *back = malloc(bytes);
+            peri_t_from(tt, wt, w, m, K);
+            const int64_t P = peri_t_panel(tt);
+            for (int64_t j0 = 0; j0 < m; j0 += P) peri_t_rows(tt, back + (size_t)j0 * rs, wt, m, K, j0, m - j0 < P ? m - j0 : P);
+            CHECKF(memcmp(back, w, bytes) == 0, "%s round trip m=%lld K=%lld", peri_type_name(tt), (long long)m,
+                   (long long)K);
+            for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
+            const peri_tensor W = {.name = "t", .type = tt, .n_dims = 2, .shape = {m, K}, .data = wt, .nbytes = bytes};
+            float *y = malloc(sizeof(float) * (size_t)(n * m)), *xd = malloc(sizeof(float) * (size_t)K);
+            CHECK(peri_matmul_reserve(pool, K, n) == PERI_OK);
+            for (int pass = 0; pass < 2 && !bad; pass++) {
+                peri_pool *pl = pass ? pool : NULL;
+                for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
+                peri_matmul_t(pl, y, x, &W, n);
+                // x as the base type's kernel for n rows would take it: rounded or float
+                const int xt = x_type_now(base, n);
+                for (int64_t i = 0; i < n && !bad; i++) {
+                    requantize(xt, x + i * K, xd, K);
+                    for (int64_t j = 0; j < m && !bad; j++) {
+                        double ref = 0;
+                        for (int64_t k = 0; k < K; k++) ref += (double)xd[k] * wf[j * K + k];
+                        // against xd itself: the kernel must round x exactly as the reference would (no quantization
+                        // error allowed beyond the sums' rounding)
+                        const double tol = mm_tol(base, xt, wf + j * K, xd, xd, K) + 1.2e-7 * fabs(ref);
+                        if (!(fabs(y[i * m + j] - ref) <= tol)) {
+                            fprintf(stderr, "matmul_t %s %s m=%lld K=%lld n=%lld pool=%d: y[%lld][%lld] = %.9g, ref %.9g "
+                                    "(tol %.3g)\n", peri_type_name(tt), lvl, (long long)m, (long long)K, (long long)n,
+                                    peri_pool_size(pl), (long long)i, (long long)j, y[i * m + j], ref, tol);
+                            bad = 1;
+                        }
                     }
                 }
             }
-        }
-        if (n <= 4 && !bad) {   // peri_q8t_nn on a range of the weight rows (c0 ..), float x, every thread's kernel
-            const int64_t c0 = m / 3, mc = m - c0;
-            for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
-            peri_q8t_nn(y, m, x, K, wt, m, c0, mc, K / 32, n, false);
-            for (int64_t i = 0; i < n && !bad; i++)
-                for (int64_t j = 0; j < m && !bad; j++) {
-                    double ref = 0;
-                    for (int64_t k = 0; j < mc && k < K; k++) ref += (double)x[i * K + k] * wf[(c0 + j) * K + k];
-                    const double tol = j < mc ? mm_tol(PERI_TYPE_Q8_0, PERI_TYPE_F32, wf + (c0 + j) * K, x + i * K,
-                                                       x + i * K, K) + 1.2e-7 * fabs(ref) : 0;
-                    if (j >= mc) ref = 12345.0;   // past the range: untouched
-                    if (!(fabs(y[i * m + j] - ref) <= tol)) {
-                        fprintf(stderr, "q8t_nn %s m=%lld K=%lld n=%lld c0=%lld: y[%lld][%lld] = %.9g, ref %.9g\n", lvl,
-                                (long long)m, (long long)K, (long long)n, (long long)c0, (long long)i, (long long)j,
-                                y[i * m + j], ref);
-                        bad = 1;
+            if (n <= 4 && !bad) {   // peri_t_nn on a range of the weight rows (c0 ..; column tails), float x
+                const int64_t c0 = tt == PERI_TYPE_Q8_0_T ? m / 3 : m / 3 / 64 * 64, mc = m - c0 > 3 ? m - c0 - 3 : m - c0;
+                for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
+                peri_t_nn(tt, y, m, x, K, wt, m, c0, mc, K / peri_t_group(tt), n, PERI_TYPE_F32);
+                for (int64_t i = 0; i < n && !bad; i++)
+                    for (int64_t j = 0; j < m && !bad; j++) {
+                        double ref = 0;
+                        for (int64_t k = 0; j < mc && k < K; k++) ref += (double)x[i * K + k] * wf[(c0 + j) * K + k];
+                        const double tol = j < mc ? mm_tol(base, PERI_TYPE_F32, wf + (c0 + j) * K, x + i * K,
+                                                           x + i * K, K) + 1.2e-7 * fabs(ref) : 0;
+                        if (j >= mc) ref = 12345.0;   // past the range: untouched
+                        if (!(fabs(y[i * m + j] - ref) <= tol)) {
+                            fprintf(stderr, "t_nn %s %s m=%lld K=%lld n=%lld c0=%lld: y[%lld][%lld] = %.9g, ref %.9g\n",
+                                    peri_type_name(tt), lvl, (long long)m, (long long)K, (long long)n, (long long)c0,
+                                    (long long)i, (long long)j, y[i * m + j], ref);
+                            bad = 1;
+                        }
                     }
-                }
+            }
+            free(wf), free(x), free(w), free(wt), free(back), free(y), free(xd);
         }
-        free(wf), free(x), free(w), free(wt), free(back), free(y), free(xd);
+        CHECKF(!bad, "matmul_t %s at level %s", peri_type_name(tt), lvl);
     }
-    CHECKF(!bad, "matmul_q8t at level %s", lvl);
+    // shapes the layouts cannot take keep the file's layout
+    CHECK(peri_t_layout(PERI_TYPE_Q4_K, 48, 256) == -1 && peri_t_layout(PERI_TYPE_Q6_K, 96, 256) == -1 &&
+          peri_t_layout(PERI_TYPE_Q8_0, 8, 48) == -1 && peri_t_layout(PERI_TYPE_Q4_0, 64, 256) == -1);
 }
 
 static void test_matmul_level(peri_pool *pool) {
@@ -959,7 +972,7 @@ int main(int argc, char **argv) {
         test_rows_level();
         test_get_row_level();
         test_matmul_nn_level();
-        test_q8t_level(pool);
+        test_t_level(pool);
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);

@@ -320,7 +320,7 @@ int peri_gguf_parse(peri_gguf *g, const unsigned char *data, size_t size, const 
         if ((rc = rd_u32(&r, &type, "tensor type"))) break;
         if ((rc = rd_u64(&r, &offsets[i], "tensor offset"))) break;
         const struct peri_type_traits *tr = peri_type_traits((int)type);
-        if (!tr || type == PERI_TYPE_BOOL || type == PERI_TYPE_U8 || type == PERI_TYPE_Q4_0_X16 || type == PERI_TYPE_Q8_0_T ||
+        if (!tr || type == PERI_TYPE_BOOL || type == PERI_TYPE_U8 || peri_type_is_layout((int)type) ||
             tr->blck_size <= 0) {
             rc = peri_fail(PERI_E_UNSUPPORTED, "%s: tensor '%s' has unknown type id %u; a newer llama.cpp may have "
                            "written it", w, nm, type);
@@ -743,8 +743,7 @@ int peri_gguf_add_tensor(peri_gguf_writer *w, const char *name, int type, int n_
         return peri_fail(PERI_E_ARG, "GGUF writer: tensor name '%s' is longer than the %d bytes ggml allows", name,
                          GGUF_MAX_NAME - 1);
     const struct peri_type_traits *tr = peri_type_traits(type);
-    if (!tr || type == PERI_TYPE_BOOL || type == PERI_TYPE_U8 || type == PERI_TYPE_Q4_0_X16 ||
-        type == PERI_TYPE_Q8_0_T)
+    if (!tr || type == PERI_TYPE_BOOL || type == PERI_TYPE_U8 || peri_type_is_layout(type))
         return peri_fail(PERI_E_ARG, "GGUF writer: tensor '%s': type %d cannot be stored in GGUF", name, type);
     if (n_dims < 1 || n_dims > GGUF_MAX_DIMS)
         return peri_fail(PERI_E_ARG, "GGUF writer: tensor '%s' has %d dimensions (GGUF allows 1 to 4)", name, n_dims);

@@ -351,14 +351,18 @@ static size_t generic_bytes(int nth, int64_t K) {
     return (size_t)nth * PERI_MM_GENERIC_ROWS * (size_t)K * sizeof(float);
 }
 
-// peri_matmul_q8t's scratch: x quantized (xbytes), then PERI_Q8T_PANEL Q8_0 rows of K per thread, 64-byte aligned;
-// or for few rows the threads' partial sums, PERI_Q8T_DECODE_ROWS rows of m floats each.
-static size_t q8t_align(size_t b) { return (b + 63) / 64 * 64; }
-static size_t q8t_prefill_bytes(int nth, size_t xbytes, int64_t K) {
-    return q8t_align(xbytes) + (size_t)nth * q8t_align(PERI_Q8T_PANEL * peri_row_size(PERI_TYPE_Q8_0, K));
+// peri_matmul_t's scratch: x quantized (xbytes), then a panel of the base type's rows (peri_t_panel of them, K
+// long) per thread, 64-byte aligned; or for few rows the threads' partial sums, PERI_T_DECODE_ROWS rows of m floats
+// each.
+static size_t t_align(size_t b) { return (b + 63) / 64 * 64; }
+static size_t t_panel_bytes(int t_type, int64_t K) {
+    return (size_t)peri_t_panel(t_type) * peri_row_size(peri_t_base(t_type), K);
 }
-static size_t q8t_decode_bytes(int nth, int64_t m) {
-    return (size_t)nth * PERI_Q8T_DECODE_ROWS * (size_t)m * sizeof(float);
+static size_t t_prefill_bytes(int nth, size_t xbytes, size_t panel) {
+    return t_align(xbytes) + (size_t)nth * t_align(panel);
+}
+static size_t t_decode_bytes(int nth, int64_t m) {
+    return (size_t)nth * PERI_T_DECODE_ROWS * (size_t)m * sizeof(float);
 }
 
 int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
@@ -376,11 +380,13 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
     const int nth = peri_pool_size(pool);
     double need = (double)xb * (double)max_n, gen = (double)generic_bytes(nth, max_K);
     if (gen > need) need = gen;
-    // peri_matmul_q8t: quantized x plus a panel per thread, or the threads' partial sums
-    double q8t = (double)q8t_prefill_bytes(nth, peri_row_size(PERI_TYPE_Q8_0, Kr) * (size_t)max_n, Kr),
-           q8t_dec = (double)q8t_decode_bytes(nth, max_K);
-    if (q8t > need) need = q8t;
-    if (q8t_dec > need) need = q8t_dec;
+    // peri_matmul_t: quantized x plus a panel per thread, or the threads' partial sums
+    size_t panel = 0;
+    for (int t = PERI_TYPE_Q8_0_T; t <= PERI_TYPE_Q6_K_T; t++)
+        if (t_panel_bytes(t, Kr) > panel) panel = t_panel_bytes(t, Kr);
+    const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel), td = (double)t_decode_bytes(nth, max_K);
+    if (tp > need) need = tp;
+    if (td > need) need = td;
     if (need > (double)((size_t)1 << 40))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
                          (long long)max_K, (long long)max_n, need);
@@ -469,140 +475,146 @@ void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W
     peri_matmul_ex(pool, y, M, x, K, W, 0, M, bias, n);
 }
 
-// ---- the Q8_0_T layout (PLM's sparse down projection) --------------------------------------------------------
+// ---- the T layouts (PLM's sparse down projection) --------------------------------------------------------
 
-// The kernel takes Q8T_ROWS x rows at a time; rounding x to Q8_0 goes a chunk of groups at a time through a stack
+// The kernel takes T_ROWS x rows at a time; rounding x goes a chunk of T_ROUND inputs at a time through a stack
 // buffer of that many rows.
-#define Q8T_ROWS 4
-#define Q8T_ROUND_GROUPS 64
+#define T_ROWS 4
+#define T_ROUND 2048
 
-void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0, int64_t m,
-                 int64_t G, int64_t n, bool round_x) {
+void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
+               int64_t m, int64_t G, int64_t n, int x_type) {
     if (m <= 0 || n <= 0) return;
     const struct peri_kernel_set *ks = peri_kernels_current();
+    const int kind = peri_t_kind(t_type);
     void (*kern)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t) =
-        ks->q8t_nn ? ks->q8t_nn : peri_q8t_nn_ref;
-    const struct peri_type_traits *qt = peri_type_traits(PERI_TYPE_Q8_0);
-    peri_from_float_fn quant = ks->quantize_x[PERI_TYPE_Q8_0] ? ks->quantize_x[PERI_TYPE_Q8_0] : qt->from_float;
-    peri_to_float_fn deq = ks->to_float[PERI_TYPE_Q8_0] ? ks->to_float[PERI_TYPE_Q8_0] : qt->to_float;
-    const size_t gs = (size_t)mw * sizeof(block_q8_0);
-    for (int64_t i0 = 0; i0 < n; i0 += Q8T_ROWS) {
-        const int64_t nr = n - i0 < Q8T_ROWS ? n - i0 : Q8T_ROWS;
+        kind >= 0 ? ks->t_nn[kind] : NULL;
+    const int64_t gi = peri_t_group(t_type), gchunk = T_ROUND / gi;
+    const size_t gs = peri_t_group_bytes(t_type, mw);
+    const struct peri_type_traits *qt = peri_type_traits(x_type);
+    peri_from_float_fn quant = x_type == PERI_TYPE_F32 ? NULL : ks->quantize_x[x_type] ? ks->quantize_x[x_type] : qt->from_float;
+    peri_to_float_fn deq = x_type == PERI_TYPE_F32 ? NULL : ks->to_float[x_type] ? ks->to_float[x_type] : qt->to_float;
+    for (int64_t i0 = 0; i0 < n; i0 += T_ROWS) {
+        const int64_t nr = n - i0 < T_ROWS ? n - i0 : T_ROWS;
         for (int64_t i = 0; i < nr; i++) memset(y + (i0 + i) * ldy, 0, sizeof(float) * (size_t)m);
         if (G <= 0) continue;
-        if (!round_x) {
-            kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
+        if (!quant || !deq) {
+            if (kern) kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
+            else peri_t_nn_ref(t_type, y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
             continue;
         }
-        _Alignas(64) float xr[Q8T_ROWS][Q8T_ROUND_GROUPS * QK8_0];
-        block_q8_0 qb[Q8T_ROUND_GROUPS];
-        for (int64_t g0 = 0; g0 < G; g0 += Q8T_ROUND_GROUPS) {
-            const int64_t gn = G - g0 < Q8T_ROUND_GROUPS ? G - g0 : Q8T_ROUND_GROUPS;
+        _Alignas(64) float xr[T_ROWS][T_ROUND];
+        _Alignas(64) char qb[T_ROUND / QK_K * sizeof(block_q8_K) + T_ROUND / QK8_0 * sizeof(block_q8_0)];
+        for (int64_t g0 = 0; g0 < G; g0 += gchunk) {
+            const int64_t gn = G - g0 < gchunk ? G - g0 : gchunk;
             for (int64_t i = 0; i < nr; i++) {
-                quant(x + (i0 + i) * ldx + g0 * QK8_0, qb, gn * QK8_0);
-                deq(qb, xr[i], gn * QK8_0);
+                quant(x + (i0 + i) * ldx + g0 * gi, qb, gn * gi);
+                deq(qb, xr[i], gn * gi);
             }
-            kern(y + i0 * ldy, ldy, xr[0], Q8T_ROUND_GROUPS * QK8_0, (const char *)c + (size_t)g0 * gs, mw, c0, m, gn,
-                 nr);
+            const char *cg = (const char *)c + (size_t)g0 * gs;
+            if (kern) kern(y + i0 * ldy, ldy, xr[0], T_ROUND, cg, mw, c0, m, gn, nr);
+            else peri_t_nn_ref(t_type, y + i0 * ldy, ldy, xr[0], T_ROUND, cg, mw, c0, m, gn, nr);
         }
     }
 }
 
-struct q8t_job {
-    const struct peri_mm_kernel *e;   // prefill: the level's Q8_0 entry for n rows (fn NULL: the reference dot)
+struct t_job {
+    const struct peri_mm_kernel *e;   // prefill: the level's entry for the base type and n rows (fn NULL: the reference)
+    int t_type, base;
     float *y;
     const float *x;
     const char *xq;                   // prefill: x as e wants it (xrs bytes a row)
     size_t xrs;
     const char *c;
     int64_t m, K, n;
-    bool round_x;                     // up to PERI_Q8T_SPARSE_ROWS rows: x rounded to Q8_0 (peri_q8t_nn)
+    int x_type;                       // up to PERI_T_SPARSE_ROWS rows: what x is rounded to (peri_t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
-    float *part;                      // the same with more than one thread: [nth][n][m], n <= PERI_Q8T_DECODE_ROWS
-    char *panels;                     // prefill: per thread, PERI_Q8T_PANEL Q8_0 rows
+    float *part;                      // the same with more than one thread: [nth][n][m], n <= PERI_T_DECODE_ROWS
+    char *panels;                     // prefill: per thread, a panel of the base type's rows
     size_t pstride;
 };
 
-static void q8t_task(void *arg, int ith, int nth) {
-    const struct q8t_job *j = arg;
-    const int64_t m = j->m, K = j->K, n = j->n;
-    if (n <= PERI_Q8T_SPARSE_ROWS) {   // the inputs' groups split over the threads
+static void t_task(void *arg, int ith, int nth) {
+    const struct t_job *j = arg;
+    const int64_t m = j->m, K = j->K, n = j->n, gi = peri_t_group(j->t_type), P = peri_t_panel(j->t_type);
+    if (n <= PERI_T_SPARSE_ROWS) {   // the inputs' groups split over the threads
         long lo, hi;
-        peri_split((long)(K / QK8_0), ith, nth, &lo, &hi);
+        peri_split((long)(K / gi), ith, nth, &lo, &hi);
         float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(n * m);
-        peri_q8t_nn(out, m, j->x + lo * QK8_0, K, j->c + (size_t)lo * (size_t)m * sizeof(block_q8_0), m, 0, m, hi - lo,
-                    n, j->round_x);
+        peri_t_nn(j->t_type, out, m, j->x + lo * gi, K, j->c + (size_t)lo * peri_t_group_bytes(j->t_type, m), m, 0, m,
+                  hi - lo, n, j->x_type);
         return;
     }
     long lo, hi;   // panels of weight rows (outputs) split over the threads
-    peri_split((long)((m + PERI_Q8T_PANEL - 1) / PERI_Q8T_PANEL), ith, nth, &lo, &hi);
+    peri_split((long)((m + P - 1) / P), ith, nth, &lo, &hi);
     if (j->gemm) {   // straight from the layout
-        const int64_t j0 = (int64_t)lo * PERI_Q8T_PANEL, j1 = (int64_t)hi * PERI_Q8T_PANEL < m ? hi * PERI_Q8T_PANEL : m;
+        const int64_t j0 = (int64_t)lo * P, j1 = (int64_t)hi * P < m ? hi * P : m;
         if (j0 < j1) j->gemm(j->y + j0, m, j->x, K, j->c, m, j0, j1 - j0, K, n);
         return;
     }
     char *panel = j->panels + (size_t)ith * j->pstride;
-    const size_t prs = peri_row_size(PERI_TYPE_Q8_0, K);
+    const size_t prs = peri_row_size(j->base, K);
     for (long u = lo; u < hi; u++) {
-        const int64_t j0 = (int64_t)u * PERI_Q8T_PANEL, rows = m - j0 < PERI_Q8T_PANEL ? m - j0 : PERI_Q8T_PANEL;
-        peri_q8_0_t_rows(panel, j->c, m, K, j0, rows);
+        const int64_t j0 = (int64_t)u * P, rows = m - j0 < P ? m - j0 : P;
+        peri_t_rows(j->t_type, panel, j->c, m, K, j0, rows);
         if (j->e->fn) {
             j->e->fn(j->y + j0, m, j->xq, j->xrs, panel, prs, K, rows, n, NULL);
         } else {
-            const peri_tensor P = {.name = "q8t panel", .type = PERI_TYPE_Q8_0, .n_dims = 2, .shape = {rows, K},
-                                   .data = panel, .nbytes = prs * (size_t)rows};
-            peri_matmul_ex_ref(NULL, j->y + j0, m, j->x, K, &P, 0, rows, NULL, n);
+            const peri_tensor Pt = {.name = "T layout panel", .type = j->base, .n_dims = 2, .shape = {rows, K},
+                                    .data = panel, .nbytes = prs * (size_t)rows};
+            peri_matmul_ex_ref(NULL, j->y + j0, m, j->x, K, &Pt, 0, rows, NULL, n);
         }
     }
 }
 
-void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n) {
+void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n) {
     const int64_t m = W->shape[0], K = W->n_dims == 2 ? W->shape[1] : 0;
     if (m <= 0 || n <= 0) return;
-    if (W->type != PERI_TYPE_Q8_0_T || K <= 0 || K % QK8_0) {
-        peri_fail(PERI_E_UNSUPPORTED, "matmul_q8t: weight '%s' is not an m x K Q8_0_T matrix (type %s, K %lld)",
-                  W->name ? W->name : "?", peri_type_name(W->type), (long long)K);
+    const int base = peri_t_base(W->type);
+    if (base < 0 || peri_t_layout(base, m, K) != W->type) {
+        peri_fail(PERI_E_UNSUPPORTED, "matmul_t: weight '%s' is not an m x K matrix in a T layout (type %s, %lld x %lld)",
+                  W->name ? W->name : "?", peri_type_name(W->type), (long long)m, (long long)K);
         for (int64_t i = 0; i < n * m; i++) y[i] = NAN;
         return;
     }
     const struct peri_kernel_set *ks = peri_kernels_current();
     const int nth = peri_pool_size(pool);
-    struct q8t_job j = {.y = y, .x = x, .c = W->data, .m = m, .K = K, .n = n};
-    j.e = choose_kernel(ks, PERI_TYPE_Q8_0, n, W->flags);
-    j.round_x = j.e->fn && j.e->x_type == PERI_TYPE_Q8_0;
-    if (n <= PERI_Q8T_SPARSE_ROWS) {
-        j.part = nth > 1 ? peri_pool_scratch_acquire(pool, q8t_decode_bytes(nth, m)) : NULL;
+    struct t_job j = {.t_type = W->type, .base = base, .y = y, .x = x, .c = W->data, .m = m, .K = K, .n = n};
+    j.e = choose_kernel(ks, base, n, W->flags);
+    j.x_type = j.e->fn ? j.e->x_type : PERI_TYPE_F32;
+    if (n <= PERI_T_SPARSE_ROWS) {
+        j.part = nth > 1 ? peri_pool_scratch_acquire(pool, t_decode_bytes(nth, m)) : NULL;
         if (!j.part) {   // one thread, straight into y
-            q8t_task(&j, 0, 1);
+            t_task(&j, 0, 1);
             return;
         }
-        for (int64_t i0 = 0; i0 < n; i0 += PERI_Q8T_DECODE_ROWS) {   // the partial sums of that many rows at a time
-            struct q8t_job jc = j;
-            jc.n = n - i0 < PERI_Q8T_DECODE_ROWS ? n - i0 : PERI_Q8T_DECODE_ROWS;
+        for (int64_t i0 = 0; i0 < n; i0 += PERI_T_DECODE_ROWS) {   // the partial sums of that many rows at a time
+            struct t_job jc = j;
+            jc.n = n - i0 < PERI_T_DECODE_ROWS ? n - i0 : PERI_T_DECODE_ROWS;
             jc.x = x + i0 * K, jc.y = y + i0 * m;
-            peri_pool_run(pool, q8t_task, &jc);
+            peri_pool_run(pool, t_task, &jc);
             for (int64_t i = 0; i < jc.n; i++) peri_sum_parts(jc.y + i * m, j.part + i * m, jc.n * m, nth, m);
         }
         peri_pool_scratch_release(pool);
         return;
     }
-    if (j.e->fn && j.e->x_type == PERI_TYPE_F32 && ks->q8t_mm) {   // the float GEMM: no panels, no scratch
-        j.gemm = ks->q8t_mm;
-        peri_pool_run(pool, q8t_task, &j);
+    if (W->type == PERI_TYPE_Q8_0_T && j.x_type == PERI_TYPE_F32 && j.e->fn && ks->q8t_mm) {
+        j.gemm = ks->q8t_mm;   // the float GEMM: no panels, no scratch
+        peri_pool_run(pool, t_task, &j);
         return;
     }
-    const int xt = j.e->fn ? j.e->x_type : PERI_TYPE_F32;
+    const int xt = j.x_type;
     const struct peri_type_traits *xtt = peri_type_traits(xt);
     j.xrs = xt == PERI_TYPE_F32 ? (size_t)K * sizeof(float) : peri_row_size(xt, K);
     const size_t xbytes = xt == PERI_TYPE_F32 ? 0 : j.xrs * (size_t)n;
-    char *buf = peri_pool_scratch_acquire(pool, q8t_prefill_bytes(nth, xbytes, K));
+    char *buf = peri_pool_scratch_acquire(pool, t_prefill_bytes(nth, xbytes, t_panel_bytes(W->type, K)));
     if (!buf || (xt != PERI_TYPE_F32 && !xtt->from_float)) {   // no scratch: the decode kernel, 4 rows at a time
         if (buf) peri_pool_scratch_release(pool);
-        peri_q8t_nn(y, m, x, K, W->data, m, 0, m, K / QK8_0, n, j.round_x);
+        peri_t_nn(W->type, y, m, x, K, W->data, m, 0, m, K / peri_t_group(W->type), n, j.x_type);
         return;
     }
-    j.panels = buf + q8t_align(xbytes);
-    j.pstride = q8t_align(PERI_Q8T_PANEL * peri_row_size(PERI_TYPE_Q8_0, K));
+    j.panels = buf + t_align(xbytes);
+    j.pstride = t_align(t_panel_bytes(W->type, K));
     if (xt == PERI_TYPE_F32) {
         j.xq = (const char *)x;
     } else {
@@ -611,6 +623,6 @@ void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tenso
         quantize_x(pool, &q);
         j.xq = buf;
     }
-    peri_pool_run(pool, q8t_task, &j);
+    peri_pool_run(pool, t_task, &j);
     peri_pool_scratch_release(pool);
 }

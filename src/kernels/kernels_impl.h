@@ -5,6 +5,7 @@
 #define PERI_KERNELS_IMPL_H
 
 #include "kernels/ops.h"
+#include "tensor/repack.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -47,9 +48,10 @@ struct peri_kernel_set {
     // y = x C with C's rows stored (peri_matmul_nn), by C's type; NULL: the reference.
     void (*mm_nn[PERI_TYPE_COUNT])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
                                    int64_t K, int64_t m, int64_t n);
-    // y += x C for n <= 4 x rows and C in the Q8_0_T layout (peri_q8t_nn_ref's contract); NULL: the reference.
-    void (*q8t_nn)(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0, int64_t m,
-                   int64_t G, int64_t n);
+    // y += x C for n <= 4 x rows and C in a T layout, by its kind (PERI_T_*: peri_t_nn_ref's contract); NULL: the
+    // reference.
+    void (*t_nn[PERI_T_KINDS])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,
+                               int64_t c0, int64_t m, int64_t G, int64_t n);
     // y = x W^T for float x (n rows) and W's rows c0 .. c0 + m - 1 of an mw x K Q8_0_T weight (a GEMM that converts the
     // codes as it packs them), used where the level's Q8_0 entry for n rows takes float x; NULL: Q8_0 panels instead.
     void (*q8t_mm)(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,

@@ -31,27 +31,28 @@ void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
                         int64_t K, int64_t m, int64_t n);
 
-// y[n x m] = x[n x K] . W^T for W an m x K weight in the Q8_0_T layout (tensor/repack.h; PLM's down projection,
-// whose activations are mostly zero), with the numbers of peri_matmul on the Q8_0 weight: x rounded to Q8_0 where the
-// level's Q8_0 kernel for n rows quantizes x (not in exact mode), else float. Up to PERI_Q8T_SPARSE_ROWS x rows go
-// through peri_q8t_nn, which reads only the code rows of inputs non-zero in some x row of its 4: the threads split
-// the inputs and their partial sums are added, PERI_Q8T_DECODE_ROWS rows at a time. More rows, where the level's Q8_0 kernel for n rows takes float x: the level's GEMM straight from the
-// layout (q8t_mm); else each thread turns panels of PERI_Q8T_PANEL weight rows back into Q8_0 rows and multiplies
-// them with that kernel. Scratch from the pool (peri_matmul_reserve sizes it); without it, peri_q8t_nn on the
-// caller. Allocates nothing.
-#define PERI_Q8T_DECODE_ROWS 16
-#define PERI_Q8T_SPARSE_ROWS 64
-#define PERI_Q8T_PANEL 32
-void peri_matmul_q8t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n);
-// y[i][j] = sum_{k < 32 G} x[i * ldx + k] C[k][j] for i < n, j < m (y rows ldy apart, overwritten), C the weight rows
-// c0 .. c0 + m - 1 of an mw-row Q8_0_T layout, c at the first of its G groups (34 mw bytes each); with round_x, each
-// block of 32 x values rounded to Q8_0 first (the level's quantize_x, byte for byte the reference; zeros stay zero).
-// The level's kernel (or peri_q8t_nn_ref: the same contract, y += x C for n <= 4) takes 4 x rows at a time and skips
-// the inputs zero in all of them.
-void peri_q8t_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0, int64_t m,
-                 int64_t G, int64_t n, bool round_x);
-void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
-                     int64_t m, int64_t G, int64_t n);
+// y[n x m] = x[n x K] . W^T for W an m x K weight in a T layout (tensor/repack.h: Q8_0_T, Q4_K_T, Q6_K_T; PLM's down
+// projection, whose activations are mostly zero), with the numbers of peri_matmul on the file's weight: x rounded as
+// the level's kernel for the base type and n rows quantizes it (Q8_0, Q8_K; not in exact mode), else float. Up to
+// PERI_T_SPARSE_ROWS x rows go through peri_t_nn, which reads only the code rows of inputs non-zero in some x row of
+// its 4: the threads split the input groups and their partial sums are added, PERI_T_DECODE_ROWS rows at a time.
+// More rows: for Q8_0_T where the level's Q8_0 kernel for n rows takes float x, the level's GEMM straight from the
+// layout (q8t_mm); else each thread turns panels of peri_t_panel weight rows back into the base type's rows and
+// multiplies them with the level's kernel. Scratch from the pool (peri_matmul_reserve sizes it); without it,
+// peri_t_nn on the caller. Allocates nothing.
+#define PERI_T_DECODE_ROWS 16
+#define PERI_T_SPARSE_ROWS 64
+void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n);
+// y[i][j] = sum_{k < G g} x[i * ldx + k] C[k][j] for i < n, j < m (y rows ldy apart, overwritten), C the weight rows
+// c0 .. c0 + m - 1 of an mw-row T layout of type t_type (g inputs per group: peri_t_group), c at the first of its G
+// groups; x_type PERI_TYPE_F32 takes x as it is, Q8_0 or Q8_K rounds each block of x to it first (the level's
+// quantize_x, byte for byte the reference; zeros stay zero). The level's kernel (or peri_t_nn_ref: the same contract,
+// y += x C for n <= 4) takes 4 x rows at a time and skips the inputs zero in all of them. For Q4_K_T and Q6_K_T, c0
+// is a multiple of 64.
+void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
+               int64_t m, int64_t G, int64_t n, int x_type);
+void peri_t_nn_ref(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,
+                   int64_t c0, int64_t m, int64_t G, int64_t n);
 
 // dst[c * rows + r] = src[r * ld_src + c] for r < rows, c < cols: a float32 matrix transposed (cache-blocked), for
 // feeding peri_matmul an operand in the layout it wants.

@@ -1,6 +1,7 @@
 // Scalar reference kernels: the readable definition every SIMD version is tested against.
 #include "kernels/ops.h"
 #include "kernels/kernels_impl.h"
+#include "tensor/repack.h"
 
 #include <math.h>
 #include <string.h>
@@ -126,22 +127,35 @@ void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int 
     }
 }
 
-void peri_q8t_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
-                     int64_t m, int64_t G, int64_t n) {
-    for (int64_t g = 0; g < G; g++) {
-        const char *grp = (const char *)c + (size_t)g * (size_t)mw * 34;
-        const int8_t *codes = (const int8_t *)(grp + 2 * mw) + c0;
-        for (int64_t j = 0; j < m; j++) {
-            uint16_t h;
-            memcpy(&h, grp + 2 * (c0 + j), 2);
-            const float d = peri_f16_to_f32(h);
-            for (int64_t i = 0; i < n; i++) {
-                float t = 0;
-                for (int k = 0; k < 32; k++) t += x[i * ldx + 32 * g + k] * (float)codes[(int64_t)k * mw + j];
-                y[i * ldy + j] += d * t;
-            }
-        }
+// Weight row c0 + j's input k, from the layout's definition (tensor/repack.h), summed in input order.
+static float t_value(int t_type, const char *c, int64_t mw, int64_t j, int64_t k) {
+    const int64_t G = peri_t_group(t_type), i = k % G;
+    const char *grp = c + (size_t)(k / G) * peri_t_group_bytes(t_type, mw);
+    const uint8_t *u = (const uint8_t *)grp;
+    if (t_type == PERI_TYPE_Q8_0_T) {
+        uint16_t h;
+        memcpy(&h, grp + 2 * j, 2);
+        return peri_f16_to_f32(h) * (float)((const int8_t *)grp)[2 * mw + i * mw + j];
     }
+    if (t_type == PERI_TYPE_Q4_K_T) {
+        float sc, mn;
+        peri_q4_k_t_scale(grp, mw, j, (int)(i / 32), &sc, &mn);
+        return sc * (float)peri_t_nibble(u + 16 * mw + i * (mw / 2), j) - mn;
+    }
+    const uint8_t *lo = u + 18 * mw + i * (mw * 3 / 4);
+    const int q = peri_t_nibble(lo, j) | peri_t_crumb(lo + mw / 2, j) << 4;
+    return peri_q6_k_t_scale(grp, mw, j, (int)(i / 16)) * (float)(q - 32);
+}
+
+void peri_t_nn_ref(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,
+                   int64_t c0, int64_t m, int64_t G, int64_t n) {
+    const int64_t K = G * peri_t_group(t_type);
+    for (int64_t j = 0; j < m; j++)
+        for (int64_t i = 0; i < n; i++) {
+            float t = 0;
+            for (int64_t k = 0; k < K; k++) t += x[i * ldx + k] * t_value(t_type, c, mw, c0 + j, k);
+            y[i * ldy + j] += t;
+        }
 }
 
 void peri_transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src) {

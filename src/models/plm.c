@@ -32,7 +32,7 @@
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
-    peri_tensor down_tt;         // down points here when rearranged at load: [n_ff][D], or Q8_0_T [D][n_ff]
+    peri_tensor down_tt;         // down points here when rearranged at load: [n_ff][D], or a T layout [D][n_ff]
     float *attn_norm, *kva_norm, *ffn_norm;
 };
 
@@ -195,11 +195,11 @@ static int get_w_f32(peri_model *m, const char *hf, const char *gg, int l, int64
 }
 
 // The down projections stored by input for the sparse decode (down_proj): float types transposed ([n_ff][D]); Q8_0
-// rearranged into Q8_0_T (tensor/repack.h: groups of 32 inputs, each the D scales then 32 rows of D codes), both
-// exact. Other block types stay (their blocks run along the inputs). A mapped weight goes into a buffer of the model
-// and its pages are dropped (the memory stays about that of the file, without copy-on-write copies of the pages);
-// one read into memory is rearranged in place. Layers go to the threads of a pool made for the load
-// (n_threads of the model parameters). use_repack off keeps the file's layout.
+// rearranged into Q8_0_T (tensor/repack.h: groups of 32 inputs, each the D rows' scales then one row of D codes per
+// input), both exact. Other block types stay (their blocks run along the inputs). A
+// mapped weight goes into a buffer of the model and its pages are dropped (the memory stays about that of the file,
+// without copy-on-write copies of the pages); one read into memory is rearranged in place, from a copy. Layers go to
+// the threads of a pool made for the load (n_threads of the model parameters). use_repack off keeps the file's layout.
 struct transpose_job {
     peri_model *m;
     struct plm_model *p;
@@ -215,22 +215,21 @@ static void transpose_task(void *arg, int ith, int nth) {
         if (L->down != &L->down_tt) continue;
         const peri_tensor *W = &L->down_tt;
         const int64_t D = J->p->n_embd, F = J->p->n_ff;
-        if (W->type == PERI_TYPE_Q8_0) {   // to Q8_0_T: groups of 32 inputs (repack.h)
-            if (J->bufs[l]) {
-                peri_q8_0_t_from_q8_0(J->bufs[l], W->data, D, F);
-                peri_weights_release(&J->m->w, W);
-            } else if (peri_q8_0_t_inplace((void *)W->data, D, F)) {
+        const void *src = W->data;
+        void *dst = J->bufs[l], *copy = NULL;
+        if (!dst) {   // in place: from a copy
+            if (!(copy = malloc(W->nbytes))) {
                 atomic_store(&J->rc, PERI_E_NOMEM);
+                continue;
             }
-            continue;
+            src = memcpy(copy, W->data, W->nbytes);
+            dst = (void *)W->data;
         }
-        const size_t esz = W->type == PERI_TYPE_F32 ? 4 : 2;
-        if (J->bufs[l]) {
-            peri_transpose_elems(J->bufs[l], W->data, D, F, esz);
-            peri_weights_release(&J->m->w, W);
-        } else if (peri_transpose_inplace((void *)W->data, D, F, esz)) {
-            atomic_store(&J->rc, PERI_E_NOMEM);
-        }
+        const int tt = peri_t_layout(W->type, D, F);
+        if (tt >= 0) peri_t_from(tt, dst, src, D, F);
+        else peri_transpose_elems(dst, src, D, F, W->type == PERI_TYPE_F32 ? 4 : 2);
+        if (copy) free(copy);
+        else peri_weights_release(&J->m->w, W);
     }
 }
 
@@ -242,7 +241,11 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         const int t = L->down->type;
-        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16 && t != PERI_TYPE_Q8_0) continue;
+        // Q8_0 only of the T layouts: Q4_K_T's and Q6_K_T's float kernels beat the dense Q4_K / Q6_K ones only above
+        // about 85% zeros (docs/kernels.md, "Session 14"), too close to the trained checkpoints' 91%.
+        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16 &&
+            !(t == PERI_TYPE_Q8_0 && peri_t_layout(t, p->n_embd, p->n_ff) >= 0))
+            continue;
         if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
             return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
         L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
@@ -257,12 +260,14 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
     } else {
         transpose_task(&J, 0, 1);
     }
-    if (atomic_load(&J.rc)) return peri_fail(PERI_E_NOMEM, "transposing the down projections: out of memory");
+    if (atomic_load(&J.rc))
+        return peri_fail(PERI_E_NOMEM, "rearranging the down projections: cannot allocate a copy of one");
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         if (L->down != &L->down_tt) continue;
         if (bufs[l]) L->down_tt.data = bufs[l];
-        if (L->down_tt.type == PERI_TYPE_Q8_0) L->down_tt.type = PERI_TYPE_Q8_0_T;   // shape stays [D][n_ff]
+        const int tt = peri_t_layout(L->down_tt.type, p->n_embd, p->n_ff);
+        if (tt >= 0) L->down_tt.type = tt;   // shape stays [D][n_ff]
         else L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
     }
     return PERI_OK;
@@ -823,8 +828,8 @@ static void kattn_task(void *arg, int ith, int nth) {
 // projection"), so with down stored transposed (a row of D values per input) a decoded token reads only the rows of
 // its non-zero inputs: the inputs are split over the threads, each summing its share's rows into its own partial
 // (peri_matmul_nn on a few x rows skips inputs zero in all of them when C is beyond the caches), and the partials
-// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. A Q8_0_T down does the same
-// inside peri_matmul_q8t. Without the rearrangement (another type, or use_repack off) it is the plain matmul.
+// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. A down in a T layout does
+// the same inside peri_matmul_t. Without the rearrangement (another type, or use_repack off) it is the plain matmul.
 struct down_job {
     peri_context *c;
     const peri_tensor *W;
@@ -857,8 +862,8 @@ static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
         peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
         return;
     }
-    if (L->down->type == PERI_TYPE_Q8_0_T) {
-        peri_matmul_q8t(c->pool, x->tmp, x->ff, L->down, N);
+    if (peri_t_kind(L->down->type) >= 0) {
+        peri_matmul_t(c->pool, x->tmp, x->ff, L->down, N);
         return;
     }
     struct down_job J = {c, L->down, N};

@@ -133,8 +133,10 @@ static void traits_init(void) {
     t[PERI_TYPE_BOOL] = (struct peri_type_traits){"bool", 1, 1, false, NULL, NULL, NULL};
     t[PERI_TYPE_U8] = (struct peri_type_traits){"u8", 1, 1, false, NULL, NULL, NULL};
     t[PERI_TYPE_Q4_0_X16] = (struct peri_type_traits){"q4_0x16", 512, 288, false, NULL, NULL, NULL};
-    // Not a row type (a whole matrix's layout, read only by peri_matmul_q8t): sizes as Q8_0's, no row kernels.
+    // Not row types (a whole matrix's layout, read only by peri_matmul_t): sizes as their base type's, no row kernels.
     t[PERI_TYPE_Q8_0_T] = (struct peri_type_traits){"q8_0t", 32, 34, false, NULL, NULL, NULL};
+    t[PERI_TYPE_Q4_K_T] = (struct peri_type_traits){"q4_Kt", 256, 144, false, NULL, NULL, NULL};
+    t[PERI_TYPE_Q6_K_T] = (struct peri_type_traits){"q6_Kt", 256, 210, false, NULL, NULL, NULL};
     // Quantized block types: names and sizes as ggml; kernels filled in by quants.c.
     t[PERI_TYPE_Q4_0] = (struct peri_type_traits){"q4_0", 32, 18, false, NULL, NULL, NULL};
     t[PERI_TYPE_Q4_1] = (struct peri_type_traits){"q4_1", 32, 20, false, NULL, NULL, NULL};

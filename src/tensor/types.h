@@ -47,8 +47,16 @@ enum peri_type {
     PERI_TYPE_U8 = 41,     // peri-only (safetensors U8)
     PERI_TYPE_Q4_0_X16 = 42, // peri-only: Q4_0 repacked at load for the kernels (tensor/repack.h); never in a file
     PERI_TYPE_Q8_0_T = 43,   // peri-only: a Q8_0 matrix stored by groups of 32 inputs (tensor/repack.h); never in a file
+    PERI_TYPE_Q4_K_T = 44,   // peri-only: a Q4_K matrix stored by groups of 256 inputs (tensor/repack.h); never in a file
+    PERI_TYPE_Q6_K_T = 45,   // peri-only: a Q6_K matrix stored by groups of 256 inputs (tensor/repack.h); never in a file
     PERI_TYPE_COUNT,
 };
+
+// The load-time layouts (tensor/repack.h): types of memory only, which no file may hold.
+static inline int peri_type_is_layout(int type) {
+    return type == PERI_TYPE_Q4_0_X16 || type == PERI_TYPE_Q8_0_T || type == PERI_TYPE_Q4_K_T ||
+           type == PERI_TYPE_Q6_K_T;
+}
 
 // Converts one row of n values (n a multiple of blck_size) to float32.
 typedef void (*peri_to_float_fn)(const void *src, float *dst, int64_t n);

@@ -128,7 +128,7 @@ PERI_INLINE void transpose4(float32x4_t r[4]) {
     r[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
 }
 
-// 4 signed bytes at p as float (peri_matmul_q8t's codes): one 32-bit load, widened twice.
+// 4 signed bytes at p as float (peri_matmul_t's Q8_0_T codes): one 32-bit load, widened twice.
 PERI_INLINE float32x4_t ld_q8x4(const int8_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -136,6 +136,14 @@ PERI_INLINE float32x4_t ld_q8x4(const int8_t *p) {
     return vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
 }
 #define GP_LOADQ8(p) ld_q8x4(p)
+// 4 bytes at p, each (byte >> sh) & mask, as float (the T layouts' packed codes and scales)
+PERI_INLINE float32x4_t bits4(const uint8_t *p, int sh, int mask) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    const uint32x4_t w = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(v)))));
+    return vcvtq_f32_u32(vandq_u32(vshlq_u32(w, vdupq_n_s32(-sh)), vdupq_n_u32((uint32_t)mask)));
+}
+#define GP_BITS(p, sh, mask) bits4(p, sh, mask)
 #include "kernels/gemm_outer.inc"
 
 static float dot(const float *a, const float *b, int64_t n) {
@@ -599,7 +607,7 @@ const struct peri_kernel_set peri_kset_neon = {
         QMM_NEON_ENTRIES,
     },
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
-    .q8t_nn = mm_q8t_nn,
+    .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
     .q8t_mm = mm_q8t_gemm,
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
     .dot = dot,

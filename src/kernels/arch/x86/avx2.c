@@ -251,6 +251,12 @@ PERI_INLINE void transpose8(__m256 r[8]) {
 #define GP_TRANSPOSE(t) transpose8(t)
 #define GP_LOADW_N(wt, row, k, n) ((n) == 8 ? ld_w(wt, row, k) : ld_w_tail(wt, row, k, n))
 #define GP_LOADQ8(p) q8_0_vals8(p)
+// 8 bytes at p, each (byte >> sh) & mask, as float (the T layouts' packed codes and scales)
+PERI_INLINE __m256 bits8(const uint8_t *p, int sh, int mask) {
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(sh)), _mm256_set1_epi32(mask)));
+}
+#define GP_BITS(p, sh, mask) bits8(p, sh, mask)
 #include "kernels/gemm_outer.inc"
 
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
@@ -800,7 +806,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn, [PERI_TYPE_Q5_K] = mm_q5_K_nn},
-    .q8t_nn = mm_q8t_nn,
+    .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
     .q8t_mm = mm_q8t_gemm,
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
 };

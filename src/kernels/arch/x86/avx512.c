@@ -181,8 +181,14 @@ PERI_INLINE void mm_body(int wt, float *y, int64_t ldy, const void *xv, size_t x
 #define GP_NN_VECS 16   // gp_nn_rows: 256 columns of sums in 16 of the 32 registers
 #define GP_IB (24 * GP_MR) // 288 rows x 2 KB: about 0.6 MB of the 2 MB L2 of the AVX-512 cores we know
 #define GP_LOADW_N(wt, row, k, n) ((n) == 16 ? ld_w(wt, row, k) : ld_w_mask(wt, row, k, (__mmask16)((1u << (n)) - 1)))
-// 16 signed bytes at p as float (peri_matmul_q8t's codes)
+// 16 signed bytes at p as float (peri_matmul_t's Q8_0_T codes)
 #define GP_LOADQ8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+// 16 bytes at p, each (byte >> sh) & mask, as float (the T layouts' packed codes and scales)
+PERI_INLINE __m512 bits16(const uint8_t *p, int sh, int mask) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(sh)), _mm512_set1_epi32(mask)));
+}
+#define GP_BITS(p, sh, mask) bits16(p, sh, mask)
 #include "kernels/gemm_outer.inc"
 
 static void mm_q8_0(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K, int64_t m,
@@ -760,7 +766,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn},
-    .q8t_nn = mm_q8t_nn,
+    .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
     .q8t_mm = mm_q8t_gemm,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
                  [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
