@@ -333,14 +333,14 @@ static void test_matmul_nn_level(void) {
 static void test_t_level(peri_pool *pool) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     static const int64_t q8_shapes[][4] = {   // m, K, n, % of x zero
-        {1, 32, 1, 0},      {7, 64, 2, 50},    {64, 96, 1, 90},  {100, 320, 3, 90}, {1001, 2400, 1, 90},
+        {1, 32, 1, 0},      {7, 64, 2, 50},    {64, 256, 1, -1},    {64, 96, 1, 90},  {100, 320, 3, 90}, {1001, 2400, 1, 90},
         {250, 4160, 4, 50}, {67, 2112, 2, 100}, {129, 160, 1, 0}, {33, 64, 4, 0},   {45, 96, 5, 50},
         {100, 256, 13, 0},  {70, 320, 70, 90}, {300, 2112, 9, 90}, {40, 1088, 66, 50},   // K chunks
         {100, 320, 40, 90}, {0, 0, 0, 0}};   // the partial sums of 16 rows at a time
     static const int64_t k_shapes[][4] = {
         {64, 256, 1, 0},    {128, 512, 2, 50},  {64, 768, 3, 90},   {192, 2560, 4, 90}, {256, 1024, 1, 100},
         {64, 256, 5, 50},   {128, 512, 13, 0},  {2112, 512, 1, 90}, {2112, 256, 3, 50},   // column chunks
-        {64, 256, 70, 90},  {192, 512, 66, 50}, {128, 768, 40, 90}, {0, 0, 0, 0}};
+        {64, 256, 70, 90},  {192, 512, 66, 50}, {128, 768, 40, 90}, {64, 512, 2, -1}, {0, 0, 0, 0}};
     const int types[] = {PERI_TYPE_Q8_0_T, PERI_TYPE_Q4_K_T, PERI_TYPE_Q6_K_T};
     int bad = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0] && !bad; ti++) {
@@ -357,6 +357,17 @@ static void test_t_level(peri_pool *pool) {
                    (long long)K);
             float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
             char *w = make_weight(base, m, K, wf);
+            if (shapes[si][3] < 0) {   // sums at the edge of 16 bits: codes at their top, x at 127
+                float *row = malloc(sizeof(float) * (size_t)K);
+                for (int64_t r = 0; r < m; r++) {
+                    // Q6_K maps the largest magnitude of 16 values to code 0 and the others of opposite sign up to 63
+                    for (int64_t k = 0; k < K; k++)
+                        row[k] = base == PERI_TYPE_Q6_K ? (k % 16 == r % 16 ? -1.0f : 0.97f) : k % 32 == r % 32 ? 0.0f : 1.0f;
+                    peri_type_traits(base)->from_float(row, w + (size_t)r * peri_row_size(base, K), K);
+                    peri_type_traits(base)->to_float(w + (size_t)r * peri_row_size(base, K), wf + r * K, K);
+                }
+                free(row);
+            }
             const size_t rs = peri_row_size(base, K), bytes = (size_t)m * rs;
             char *wt = malloc(bytes), *back = malloc(bytes);
             peri_t_from(tt, wt, w, m, K);
@@ -364,7 +375,7 @@ static void test_t_level(peri_pool *pool) {
             for (int64_t j0 = 0; j0 < m; j0 += P) peri_t_rows(tt, back + (size_t)j0 * rs, wt, m, K, j0, m - j0 < P ? m - j0 : P);
             CHECKF(memcmp(back, w, bytes) == 0, "%s round trip m=%lld K=%lld", peri_type_name(tt), (long long)m,
                    (long long)K);
-            for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
+            for (int64_t i = 0; i < n * K; i++) x[i] = shapes[si][3] < 0 ? 1.0f : irand(0, 99) < shapes[si][3] ? 0.0f : frand();
             const peri_tensor W = {.name = "t", .type = tt, .n_dims = 2, .shape = {m, K}, .data = wt, .nbytes = bytes};
             float *y = malloc(sizeof(float) * (size_t)(n * m)), *xd = malloc(sizeof(float) * (size_t)K);
             CHECK(peri_matmul_reserve(pool, K, n) == PERI_OK);

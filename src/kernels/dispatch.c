@@ -498,6 +498,18 @@ void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, c
         const int64_t nr = n - i0 < T_ROWS ? n - i0 : T_ROWS;
         for (int64_t i = 0; i < nr; i++) memset(y + (i0 + i) * ldy, 0, sizeof(float) * (size_t)m);
         if (G <= 0) continue;
+        void (*kq)(float *, int64_t, const void *, size_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t) =
+            kind >= 0 && x_type == PERI_TYPE_Q8_K && c0 % 32 == 0 && m % 32 == 0 ? ks->t_nn_q8k[kind] : NULL;
+        if (quant && kq) {   // integer sums, one x row at a time
+            _Alignas(64) block_q8_K xq[T_ROUND / QK_K];
+            for (int64_t i = 0; i < nr; i++)
+                for (int64_t g0 = 0; g0 < G; g0 += gchunk) {
+                    const int64_t gn = G - g0 < gchunk ? G - g0 : gchunk;
+                    quant(x + (i0 + i) * ldx + g0 * gi, xq, gn * gi);
+                    kq(y + (i0 + i) * ldy, ldy, xq, 0, (const char *)c + (size_t)g0 * gs, mw, c0, m, gn, 1);
+                }
+            continue;
+        }
         if (!quant || !deq) {
             if (kern) kern(y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
             else peri_t_nn_ref(t_type, y + i0 * ldy, ldy, x + i0 * ldx, ldx, c, mw, c0, m, G, nr);
@@ -518,6 +530,10 @@ void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, c
     }
 }
 
+int64_t peri_t_sparse_rows(int t_type) {
+    return t_type == PERI_TYPE_Q8_0_T ? PERI_T_SPARSE_ROWS : PERI_T_SPARSE_ROWS_K;
+}
+
 struct t_job {
     const struct peri_mm_kernel *e;   // prefill: the level's entry for the base type and n rows (fn NULL: the reference)
     int t_type, base;
@@ -527,7 +543,7 @@ struct t_job {
     size_t xrs;
     const char *c;
     int64_t m, K, n;
-    int x_type;                       // up to PERI_T_SPARSE_ROWS rows: what x is rounded to (peri_t_nn)
+    int x_type;                       // up to peri_t_sparse_rows: what x is rounded to (peri_t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
     float *part;                      // the same with more than one thread: [nth][n][m], n <= PERI_T_DECODE_ROWS
     char *panels;                     // prefill: per thread, a panel of the base type's rows
@@ -537,7 +553,7 @@ struct t_job {
 static void t_task(void *arg, int ith, int nth) {
     const struct t_job *j = arg;
     const int64_t m = j->m, K = j->K, n = j->n, gi = peri_t_group(j->t_type), P = peri_t_panel(j->t_type);
-    if (n <= PERI_T_SPARSE_ROWS) {   // the inputs' groups split over the threads
+    if (n <= peri_t_sparse_rows(j->t_type)) {   // the inputs' groups split over the threads
         long lo, hi;
         peri_split((long)(K / gi), ith, nth, &lo, &hi);
         float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(n * m);
@@ -582,7 +598,7 @@ void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor 
     struct t_job j = {.t_type = W->type, .base = base, .y = y, .x = x, .c = W->data, .m = m, .K = K, .n = n};
     j.e = choose_kernel(ks, base, n, W->flags);
     j.x_type = j.e->fn ? j.e->x_type : PERI_TYPE_F32;
-    if (n <= PERI_T_SPARSE_ROWS) {
+    if (n <= peri_t_sparse_rows(W->type)) {
         j.part = nth > 1 ? peri_pool_scratch_acquire(pool, t_decode_bytes(nth, m)) : NULL;
         if (!j.part) {   // one thread, straight into y
             t_task(&j, 0, 1);

@@ -52,6 +52,10 @@ struct peri_kernel_set {
     // reference.
     void (*t_nn[PERI_T_KINDS])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,
                                int64_t c0, int64_t m, int64_t G, int64_t n);
+    // The same for x rows quantized to Q8_K (G blocks each, xqs bytes apart) with integer sums, for Q4_K_T and Q6_K_T
+    // (c0 and m multiples of 32); NULL: x dequantized for t_nn.
+    void (*t_nn_q8k[PERI_T_KINDS])(float *y, int64_t ldy, const void *xq, size_t xqs, const void *c, int64_t mw,
+                                   int64_t c0, int64_t m, int64_t G, int64_t n);
     // y = x W^T for float x (n rows) and W's rows c0 .. c0 + m - 1 of an mw x K Q8_0_T weight (a GEMM that converts the
     // codes as it packs them), used where the level's Q8_0 entry for n rows takes float x; NULL: Q8_0 panels instead.
     void (*q8t_mm)(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
@@ -66,6 +70,11 @@ extern const struct peri_kernel_set peri_kset_ref;
 #if defined(__x86_64__)
 extern const struct peri_kernel_set peri_kset_avx2;
 extern const struct peri_kernel_set peri_kset_avx512;
+// The integer T layout kernels (arch/x86/tgemv_avx2.inc), also in the AVX-512 sets.
+void peri_avx2_q4kt_q8k(float *y, int64_t ldy, const void *xq, size_t xqs, const void *c, int64_t mw, int64_t c0,
+                        int64_t m, int64_t G, int64_t n);
+void peri_avx2_q6kt_q8k(float *y, int64_t ldy, const void *xq, size_t xqs, const void *c, int64_t mw, int64_t c0,
+                        int64_t m, int64_t G, int64_t n);
 #endif
 #if defined(__aarch64__)
 extern const struct peri_kernel_set peri_kset_neon;

@@ -241,8 +241,9 @@ static int transpose_down(peri_model *m, struct plm_model *p) {
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         const int t = L->down->type;
-        // Q8_0 only of the T layouts: Q4_K_T's and Q6_K_T's float kernels beat the dense Q4_K / Q6_K ones only above
-        // about 85% zeros (docs/kernels.md, "Session 14"), too close to the trained checkpoints' 91%.
+        // Q8_0 only of the T layouts for now: on PLM-1.8B Q4_K_M the Q4_K_T / Q6_K_T kernels decode 1.24x faster with
+        // 91% of the activations zero (the trained checkpoints) but 0.8x with half (random weights), and prompts of 8
+        // to 16 tokens run at 0.7x (docs/kernels.md, "Session 14").
         if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16 &&
             !(t == PERI_TYPE_Q8_0 && peri_t_layout(t, p->n_embd, p->n_ff) >= 0))
             continue;

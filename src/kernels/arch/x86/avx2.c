@@ -439,6 +439,7 @@ QV_MM(qv_q5_0, PERI_TYPE_Q5_0, qmm_q5_0)
 QV_MM(qv_q5_1, PERI_TYPE_Q5_1, qmm_q5_1)
 #undef QV_MM
 #include "kernels/arch/x86/qkgemv_avx2.inc"
+#include "kernels/arch/x86/tgemv_avx2.inc"
 
 // Q2_K to Q6_K against a Q8_K x row: decode (n == 1) through qkgemv_avx2.inc, n > 1 through the row kernels
 // (Q4_K and Q6_K from GA_MIN_N x rows through qgemm_avx2.inc).
@@ -807,6 +808,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn, [PERI_TYPE_Q5_K] = mm_q5_K_nn},
     .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
+    .t_nn_q8k = {NULL, peri_avx2_q4kt_q8k, peri_avx2_q6kt_q8k},
     .q8t_mm = mm_q8t_gemm,
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
 };

@@ -767,6 +767,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn},
     .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
+    .t_nn_q8k = {NULL, peri_avx2_q4kt_q8k, peri_avx2_q6kt_q8k},
     .q8t_mm = mm_q8t_gemm,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0, [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_K] = deq_q4_K,
                  [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q6_K] = deq_q6_K, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
