@@ -355,6 +355,10 @@ static void test_t_level(peri_pool *pool) {
             const int64_t m = shapes[si][0], K = shapes[si][1], n = shapes[si][2];
             CHECKF(peri_t_layout(base, m, K) == tt, "peri_t_layout(%s, %lld, %lld)", peri_type_name(base), (long long)m,
                    (long long)K);
+            // the geometry (codes offset + inputs x code stride) is the file's bytes, no more, no less
+            CHECKF(peri_t_group_bytes(tt, m) * (size_t)(K / peri_t_group(tt)) ==
+                       (size_t)m * peri_row_size(base, K),
+                   "%s: %zu bytes a group for %lld rows", peri_type_name(tt), peri_t_group_bytes(tt, m), (long long)m);
             float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
             char *w = make_weight(base, m, K, wf);
             if (shapes[si][3] < 0) {   // sums at the edge of 16 bits: codes at their top, x at 127

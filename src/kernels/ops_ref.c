@@ -130,20 +130,20 @@ void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int 
 // Weight row c0 + j's input k, from the layout's definition (tensor/repack.h), summed in input order.
 static float t_value(int t_type, const char *c, int64_t mw, int64_t j, int64_t k) {
     const int64_t G = peri_t_group(t_type), i = k % G;
+    const int kind = peri_t_kind(t_type);
     const char *grp = c + (size_t)(k / G) * peri_t_group_bytes(t_type, mw);
-    const uint8_t *u = (const uint8_t *)grp;
-    if (t_type == PERI_TYPE_Q8_0_T) {
+    const uint8_t *code = (const uint8_t *)grp + peri_t_codes_offset(kind, mw) + (size_t)i * peri_t_code_stride(kind, mw);
+    if (kind == PERI_T_Q8_0) {
         uint16_t h;
         memcpy(&h, grp + 2 * j, 2);
-        return peri_f16_to_f32(h) * (float)((const int8_t *)grp)[2 * mw + i * mw + j];
+        return peri_f16_to_f32(h) * (float)((const int8_t *)code)[j];
     }
-    if (t_type == PERI_TYPE_Q4_K_T) {
+    if (kind == PERI_T_Q4_K) {
         float sc, mn;
         peri_q4_k_t_scale(grp, mw, j, (int)(i / 32), &sc, &mn);
-        return sc * (float)peri_t_nibble(u + 16 * mw + i * (mw / 2), j) - mn;
+        return sc * (float)peri_t_nibble(code, j) - mn;
     }
-    const uint8_t *lo = u + 18 * mw + i * (mw * 3 / 4);
-    const int q = peri_t_nibble(lo, j) | peri_t_crumb(lo + mw / 2, j) << 4;
+    const int q = peri_t_nibble(code, j) | peri_t_crumb(code + mw / 2, j) << 4;
     return peri_q6_k_t_scale(grp, mw, j, (int)(i / 16)) * (float)(q - 32);
 }
 

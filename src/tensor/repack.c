@@ -112,12 +112,12 @@ static inline void tr16x16_bytes(v16u8 r[16]) {
 // a time).
 static void q8_0_t_from(void *dst, const void *src, int64_t m, int64_t K) {
     const int64_t nb = K / QK8_0;
-    const size_t rs = (size_t)nb * sizeof(block_q8_0), gs = (size_t)m * sizeof(block_q8_0);
+    const size_t rs = (size_t)nb * sizeof(block_q8_0), gs = peri_t_group_bytes_of(PERI_T_Q8_0, m);
     for (int64_t j0 = 0; j0 < m; j0 += 16) {
         const int64_t jn = m - j0 < 16 ? m - j0 : 16;
         for (int64_t g = 0; g < nb; g++) {
             char *grp = (char *)dst + (size_t)g * gs;
-            int8_t *codes = (int8_t *)(grp + (size_t)m * sizeof(peri_half)) + j0;
+            int8_t *codes = (int8_t *)(grp + peri_t_codes_offset(PERI_T_Q8_0, m)) + j0;
             const block_q8_0 *b = (const block_q8_0 *)((const char *)src + (size_t)j0 * rs) + g;
             for (int64_t j = 0; j < jn; j++)
                 memcpy(grp + (size_t)(j0 + j) * sizeof(peri_half), &b[j * nb].d, sizeof(peri_half));
@@ -141,7 +141,7 @@ static void q8_0_t_from(void *dst, const void *src, int64_t m, int64_t K) {
 // Per group: each panel row's scale, then its 32 codes (one per code row of the group), 16 x 16 bytes at a time.
 static void q8_0_t_rows(void *dst, const void *src, int64_t m, int64_t K, int64_t j0, int64_t rows) {
     const int64_t nb = K / QK8_0;
-    const size_t gs = (size_t)m * sizeof(block_q8_0);
+    const size_t gs = peri_t_group_bytes_of(PERI_T_Q8_0, m);
     block_q8_0 *d = dst;
 #if defined(V16_LOAD)
     const int64_t r16 = rows / 16 * 16;
@@ -150,7 +150,7 @@ static void q8_0_t_rows(void *dst, const void *src, int64_t m, int64_t K, int64_
 #endif
     for (int64_t g = 0; g < nb; g++) {
         const char *grp = (const char *)src + (size_t)g * gs;
-        const int8_t *codes = (const int8_t *)(grp + (size_t)m * sizeof(peri_half)) + j0;
+        const int8_t *codes = (const int8_t *)(grp + peri_t_codes_offset(PERI_T_Q8_0, m)) + j0;
         for (int64_t j = 0; j < rows; j++)
             memcpy(&d[j * nb + g].d, grp + (size_t)(j0 + j) * sizeof(peri_half), sizeof(peri_half));
 #if defined(V16_LOAD)
@@ -269,13 +269,12 @@ static void q4_k_t_head(char *grp, int64_t m, int64_t j, const block_q4_K *b) {
 }
 static void q4_k_t_unhead(block_q4_K *b, const char *grp, int64_t m, int64_t j) {
     uint8_t sc[8], mn[8];
-    const uint8_t *u = (const uint8_t *)grp;
     memcpy(&b->d, grp + 2 * j, 2);
     memcpy(&b->dmin, grp + 2 * m + 2 * j, 2);
     for (int s = 0; s < 8; s++) {
-        const int lo = 4 * (s & 1), hi = 2 * (s & 3);
-        sc[s] = (uint8_t)(((u[(4 + s / 2) * m + j] >> lo) & 15) | ((u[(12 + s / 4) * m + j] >> hi) & 3) << 4);
-        mn[s] = (uint8_t)(((u[(8 + s / 2) * m + j] >> lo) & 15) | ((u[(14 + s / 4) * m + j] >> hi) & 3) << 4);
+        int a, c;
+        peri_q4_k_t_scale_min(grp, m, j, s, &a, &c);
+        sc[s] = (uint8_t)a, mn[s] = (uint8_t)c;
     }
     k4_pack_scales(b->scales, sc, mn);
 }
@@ -289,11 +288,11 @@ static void q4_k_t_block(char *grp, int64_t m, int64_t r0, const block_q4_K *b, 
     }
     for (int i = 0; i < 16; i++)
         for (int k = 0; k < 256; k++) P[i][k] = (uint8_t)(q[i][k] | q[16 + i][k] << 4);
-    tile_out((uint8_t *)grp + 16 * m + r0 / 2, (size_t)m / 2, P);
+    tile_out((uint8_t *)grp + peri_t_codes_offset(PERI_T_Q4_K, m) + r0 / 2, peri_t_code_stride(PERI_T_Q4_K, m), P);
 }
 static void q4_k_t_unblock(block_q4_K *b, int64_t nb, const char *grp, int64_t m, int64_t r0) {
     uint8_t q[32][256], P[16][256];
-    tile_in(P, (const uint8_t *)grp + 16 * m + r0 / 2, (size_t)m / 2);
+    tile_in(P, (const uint8_t *)grp + peri_t_codes_offset(PERI_T_Q4_K, m) + r0 / 2, peri_t_code_stride(PERI_T_Q4_K, m));
     for (int i = 0; i < 16; i++)
         for (int k = 0; k < 256; k++) q[i][k] = P[i][k] & 15, q[16 + i][k] = P[i][k] >> 4;
     for (int r = 0; r < 32; r++) {
@@ -308,8 +307,8 @@ static void q6_k_t_block(char *grp, int64_t m, int64_t r0, const block_q6_K *b, 
         for (int s = 0; s < 16; s++) grp[(2 + s) * m + r0 + r] = (char)b[r * nb].scales[s];
         q6_k_codes(b + r * nb, q[r]);
     }
-    const size_t ld = (size_t)m * 3 / 4;
-    uint8_t *lo = (uint8_t *)grp + 18 * m;
+    const size_t ld = peri_t_code_stride(PERI_T_Q6_K, m);
+    uint8_t *lo = (uint8_t *)grp + peri_t_codes_offset(PERI_T_Q6_K, m);
     for (int h = 0; h < 2; h++) {
         for (int i = 0; i < 16; i++)
             for (int k = 0; k < 256; k++) P[i][k] = (uint8_t)((q[32 * h + i][k] & 15) | (q[32 * h + 16 + i][k] & 15) << 4);
@@ -322,8 +321,8 @@ static void q6_k_t_block(char *grp, int64_t m, int64_t r0, const block_q6_K *b, 
 }
 static void q6_k_t_unblock(block_q6_K *b, int64_t nb, const char *grp, int64_t m, int64_t r0) {
     uint8_t q[64][256], P[16][256];
-    const size_t ld = (size_t)m * 3 / 4;
-    const uint8_t *lo = (const uint8_t *)grp + 18 * m;
+    const size_t ld = peri_t_code_stride(PERI_T_Q6_K, m);
+    const uint8_t *lo = (const uint8_t *)grp + peri_t_codes_offset(PERI_T_Q6_K, m);
     for (int h = 0; h < 2; h++) {
         tile_in(P, lo + r0 / 2 + 16 * h, ld);
         for (int i = 0; i < 16; i++)
@@ -363,9 +362,7 @@ int peri_t_base(int t_type) {
 
 int64_t peri_t_group(int t_type) { return t_type == PERI_TYPE_Q8_0_T ? QK8_0 : QK_K; }
 
-size_t peri_t_group_bytes(int t_type, int64_t m) {
-    return (size_t)m * (size_t)peri_type_traits(peri_t_base(t_type))->type_size;
-}
+size_t peri_t_group_bytes(int t_type, int64_t m) { return peri_t_group_bytes_of(peri_t_kind(t_type), m); }
 
 int64_t peri_t_panel(int t_type) { return t_type == PERI_TYPE_Q6_K_T ? 64 : 32; }
 

@@ -69,6 +69,19 @@ void peri_t_from(int t_type, void *dst, const void *src, int64_t m, int64_t K);
 // multiplies with the level's kernel for that type.
 void peri_t_rows(int t_type, void *dst, const void *src, int64_t m, int64_t K, int64_t j0, int64_t rows);
 
+// Where a group's code rows start (after the m rows' scales) and the bytes from one input's code row to the next,
+// by kind (PERI_T_*): the geometry every reader of the layouts takes from here. A group is the rows' scales, then
+// one code row per input: peri_t_group_bytes_of = offset + inputs x stride (m times the base type's block size).
+static inline size_t peri_t_codes_offset(int kind, int64_t m) {
+    return (size_t)m * (kind == PERI_T_Q8_0 ? 2u : kind == PERI_T_Q4_K ? 16u : 18u);
+}
+static inline size_t peri_t_code_stride(int kind, int64_t m) {
+    return kind == PERI_T_Q8_0 ? (size_t)m : kind == PERI_T_Q4_K ? (size_t)m / 2 : (size_t)m / 4 * 3;
+}
+static inline size_t peri_t_group_bytes_of(int kind, int64_t m) {
+    return peri_t_codes_offset(kind, m) + (kind == PERI_T_Q8_0 ? 32u : 256u) * peri_t_code_stride(kind, m);
+}
+
 // Codes and scales of Q4_K_T and Q6_K_T at row j of a group (grp, m rows): for the reference and kernels' tails.
 static inline int peri_t_nibble(const uint8_t *plane, int64_t j) {
     return (plane[(j >> 5) * 16 + (j & 15)] >> (4 * ((j >> 4) & 1))) & 15;
@@ -76,12 +89,17 @@ static inline int peri_t_nibble(const uint8_t *plane, int64_t j) {
 static inline int peri_t_crumb(const uint8_t *plane, int64_t j) {
     return (plane[(j >> 6) * 16 + (j & 15)] >> (2 * ((j >> 4) & 3))) & 3;
 }
-// Q4_K_T sub-block s (0..7): d sc and dmin mn.
-static inline void peri_q4_k_t_scale(const char *grp, int64_t m, int64_t j, int s, float *sc, float *mn) {
+// Q4_K_T sub-block s (0..7): the 6-bit scale and min (as Q4_K's get_scale_min_k4 gives them).
+static inline void peri_q4_k_t_scale_min(const char *grp, int64_t m, int64_t j, int s, int *sc, int *mn) {
     const uint8_t *u = (const uint8_t *)grp;
     const int lo = 4 * (s & 1), hi = 2 * (s & 3);
-    const int a = ((u[4 * m + (s >> 1) * m + j] >> lo) & 15) | (((u[12 * m + (s >> 2) * m + j] >> hi) & 3) << 4);
-    const int b = ((u[8 * m + (s >> 1) * m + j] >> lo) & 15) | (((u[14 * m + (s >> 2) * m + j] >> hi) & 3) << 4);
+    *sc = ((u[4 * m + (s >> 1) * m + j] >> lo) & 15) | (((u[12 * m + (s >> 2) * m + j] >> hi) & 3) << 4);
+    *mn = ((u[8 * m + (s >> 1) * m + j] >> lo) & 15) | (((u[14 * m + (s >> 2) * m + j] >> hi) & 3) << 4);
+}
+// Q4_K_T sub-block s (0..7): d sc and dmin mn.
+static inline void peri_q4_k_t_scale(const char *grp, int64_t m, int64_t j, int s, float *sc, float *mn) {
+    int a, b;
+    peri_q4_k_t_scale_min(grp, m, j, s, &a, &b);
     peri_half d, dmin;
     memcpy(&d, grp + 2 * j, 2);
     memcpy(&dmin, grp + 2 * m + 2 * j, 2);
