@@ -959,6 +959,28 @@ static int bench(int argc, char **argv) {
     return 0;
 }
 
+// peri_transpose_elems: 2- and 4-byte elements, shapes off its 32 x 32 tiles, source rows wider than the columns
+// taken, unaligned addresses (a file's tensor need not be aligned).
+static void test_transpose(void) {
+    static const int64_t shapes[][3] = {{1, 1, 1}, {5, 3, 3}, {33, 70, 70}, {64, 32, 40}, {97, 45, 131}, {0, 0, 0}};
+    for (size_t si = 0; shapes[si][0]; si++)
+        for (size_t esz = 2; esz <= 4; esz += 2) {
+            const int64_t rows = shapes[si][0], cols = shapes[si][1], ld = shapes[si][2];
+            unsigned char *src = malloc(esz * (size_t)(rows * ld) + 1), *dst = malloc(esz * (size_t)(rows * cols) + 1);
+            for (size_t b = 0; b < esz * (size_t)(rows * ld) + 1; b++) src[b] = (unsigned char)(b * 131 + b / 7);
+            memset(dst, 0xEE, esz * (size_t)(rows * cols) + 1);
+            peri_transpose_elems(dst + 1, src + 1, rows, cols, ld, esz);
+            int bad = 0;
+            for (int64_t r = 0; r < rows && !bad; r++)
+                for (int64_t c = 0; c < cols && !bad; c++)
+                    bad = memcmp(dst + 1 + esz * (size_t)(c * rows + r), src + 1 + esz * (size_t)(r * ld + c), esz) != 0;
+            CHECKF(!bad, "transpose %lld x %lld (ld %lld) of %zu-byte elements", (long long)rows, (long long)cols,
+                   (long long)ld, esz);
+            free(src);
+            free(dst);
+        }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "--print-level")) {
@@ -996,6 +1018,7 @@ int main(int argc, char **argv) {
     }
     CHECK(levels >= 1);
     peri_kernels_set_level(best);
+    test_transpose();
 
     // Unsupported weight types must not be read: the output becomes NaN and an error is set.
     float x[4] = {1, 2, 3, 4}, y[2] = {0, 0};

@@ -57,10 +57,6 @@ void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, c
 void peri_t_nn_ref(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,
                    int64_t c0, int64_t m, int64_t G, int64_t n);
 
-// dst[c * rows + r] = src[r * ld_src + c] for r < rows, c < cols: a float32 matrix transposed (cache-blocked), for
-// feeding peri_matmul an operand in the layout it wants.
-void peri_transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src);
-
 // Row r of a 2-D weight (any supported type) as float32 (K values): SIMD where the level has a dequantizer
 // for the type, else the type's reference (peri_get_row_ref).
 void peri_get_row(const peri_tensor *W, int64_t r, float *out);

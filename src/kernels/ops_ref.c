@@ -158,16 +158,6 @@ void peri_t_nn_ref(int t_type, float *y, int64_t ldy, const float *x, int64_t ld
         }
 }
 
-void peri_transpose(float *dst, const float *src, int64_t rows, int64_t cols, int64_t ld_src) {
-    // blocked so that both sides are read and written in cache-sized tiles
-    for (int64_t r0 = 0; r0 < rows; r0 += 32)
-        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < cols ? c0 + 32 : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * ld_src + c];
-        }
-}
-
 void peri_get_row_ref(const peri_tensor *W, int64_t r, float *out) {
     int64_t K = W->shape[W->n_dims - 1];
     size_t rs = peri_row_size(W->type, K);

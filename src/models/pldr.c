@@ -11,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "kernels/ops.h"
 #include "runtime/model.h"
+#include "tensor/repack.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -564,7 +565,7 @@ static void araw_task(void *arg, int ith, int nth) {
     peri_split((long)J->n_rows * H, ith, nth, &lo, &hi);
     for (long item = lo; item < hi; item++) {
         const int r = J->rows[item / H], h = (int)(item % H);
-        peri_transpose(qt, x->q + (size_t)r * S * D + (size_t)h * d, S, d, D);
+        peri_transpose_elems(qt, x->q + (size_t)r * S * D + (size_t)h * d, S, d, D, sizeof(float));
         peri_tensor qv = {.name = "q columns", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {d, S}, .data = qt,
                           .nbytes = sizeof(float) * (size_t)d * (size_t)S};
         float *raw = x->g_A_raw + (size_t)J->seq[r] * gsz + (size_t)J->l * hdd + (size_t)h * d * d;

@@ -227,7 +227,7 @@ static void transpose_task(void *arg, int ith, int nth) {
         }
         const int tt = peri_t_layout(W->type, D, F);
         if (tt >= 0) peri_t_from(tt, dst, src, D, F);
-        else peri_transpose_elems(dst, src, D, F, W->type == PERI_TYPE_F32 ? 4 : 2);
+        else peri_transpose_elems(dst, src, D, F, F, W->type == PERI_TYPE_F32 ? 4 : 2);
         if (copy) free(copy);
         else peri_weights_release(&J->m->w, W);
     }

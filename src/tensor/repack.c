@@ -61,13 +61,13 @@ int peri_repack_rows(int type, void *data, int64_t row_len, int64_t n_rows) {
 // read with memcpy (plain loads): a file's tensor need not be aligned to its element size.
 enum { TB = 32 };
 #define TRANSPOSE_TILES(name, T)                                                                                \
-    static void name(char *d, const char *s, int64_t rows, int64_t cols) {                                      \
+    static void name(char *d, const char *s, int64_t rows, int64_t cols, int64_t ld) {                          \
         T buf[TB][TB];                                                                                          \
         for (int64_t r0 = 0; r0 < rows; r0 += TB)                                                               \
             for (int64_t c0 = 0; c0 < cols; c0 += TB) {                                                         \
                 const int64_t nr = rows - r0 < TB ? rows - r0 : TB, nc = cols - c0 < TB ? cols - c0 : TB;       \
                 for (int64_t i = 0; i < nr; i++) {                                                              \
-                    const char *row = s + ((size_t)(r0 + i) * (size_t)cols + (size_t)c0) * sizeof(T);           \
+                    const char *row = s + ((size_t)(r0 + i) * (size_t)ld + (size_t)c0) * sizeof(T);             \
                     for (int64_t j = 0; j < nc; j++) memcpy(&buf[j][i], row + (size_t)j * sizeof(T), sizeof(T)); \
                 }                                                                                               \
                 for (int64_t j = 0; j < nc; j++)                                                                \
@@ -167,9 +167,9 @@ static void q8_0_t_rows(void *dst, const void *src, int64_t m, int64_t K, int64_
     }
 }
 
-void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz) {
-    if (esz == 4) transpose_tiles32(dst, src, rows, cols);
-    else transpose_tiles16(dst, src, rows, cols);
+void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, int64_t ld_src, size_t esz) {
+    if (esz == 4) transpose_tiles32(dst, src, rows, cols, ld_src);
+    else transpose_tiles16(dst, src, rows, cols, ld_src);
 }
 
 // ---- Q4_K_T and Q6_K_T ----------------------------------------------------------------------------------------

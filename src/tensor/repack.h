@@ -113,8 +113,10 @@ static inline float peri_q6_k_t_scale(const char *grp, int64_t m, int64_t j, int
     return peri_f16_to_f32(d) * (float)((const int8_t *)grp)[2 * m + s * m + j];
 }
 
-// A rows x cols matrix of esz-byte elements (esz 4: F32, 2: F16, BF16) transposed into cols x rows (PLM's down
-// projection, whose decode reads one row per non-zero input: models/plm.c), from src into dst (not overlapping).
-void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, size_t esz);
+// A rows x cols matrix of esz-byte elements (esz 4: F32, 2: F16, BF16; source rows ld_src elements apart)
+// transposed into cols x rows, dst[c][r] = src[r][c], from src into dst (not overlapping): PLM's down projection,
+// whose decode reads one row per non-zero input (models/plm.c), and float operands that peri_matmul wants the other
+// way round (PLDR's per-head q columns, the trainer's backward).
+void peri_transpose_elems(void *dst, const void *src, int64_t rows, int64_t cols, int64_t ld_src, size_t esz);
 
 #endif

@@ -6,6 +6,7 @@
 #include "formats/safetensors.h"
 #include "formats/weights.h"
 #include "kernels/ops.h"
+#include "tensor/repack.h"
 #include "tensor/types.h"
 #include "train/tops.h"
 
@@ -249,15 +250,15 @@ static bool lin_bwd_matmul(peri_pool *pool, float *dx, float *dW, const float *d
     float *out = malloc(sizeof(float) * big);
     if (!t1 || !t2 || !out) { free(t1); free(t2); free(out); return false; }
     if (dx) {
-        peri_transpose(t1, W, M, K, K);    // [K x M]
+        peri_transpose_elems(t1, W, M, K, K, sizeof(float));    // [K x M]
         peri_tensor wt = {.name = "train.dx", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {K, M}, .data = t1,
                           .nbytes = sizeof(float) * (size_t)(M * K)};
         peri_matmul(pool, out, dy, &wt, NULL, n);
         for (int64_t i = 0; i < n * K; i++) dx[i] += out[i];
     }
     if (dW) {
-        peri_transpose(t1, dy, n, M, M);   // [M x n]
-        peri_transpose(t2, x, n, K, K);    // [K x n]
+        peri_transpose_elems(t1, dy, n, M, M, sizeof(float));   // [M x n]
+        peri_transpose_elems(t2, x, n, K, K, sizeof(float));    // [K x n]
         peri_tensor xt = {.name = "train.dW", .type = PERI_TYPE_F32, .n_dims = 2, .shape = {K, n}, .data = t2,
                           .nbytes = sizeof(float) * (size_t)(n * K)};
         peri_matmul(pool, out, t1, &xt, NULL, M);
