@@ -324,6 +324,53 @@ static void test_matmul_nn_level(void) {
     }
 }
 
+// peri_matmul_by_inputs (a K x m float weight stored by its inputs: PLM's transposed down projection) against the
+// float64 sum: up to 4 x rows with the inputs split over the threads (partials from the pool's scratch) or, without
+// scratch, on the caller; more rows with the outputs split; fewer inputs than threads; 90%, 50% or no x zero.
+static void test_by_inputs_level(peri_pool *pool) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    static const int64_t shapes[][4] = {{1, 1, 1, 0},       {7, 5, 3, 0},   {1100, 1000, 1, 90}, {1030, 1001, 4, 50},
+                                        {600, 200, 5, 0},   {2, 70, 2, 0},  {300, 130, 13, 90},  {2048, 64, 2, 100}};
+    const int types[] = {PERI_TYPE_F32, PERI_TYPE_F16, PERI_TYPE_BF16};
+    peri_pool *bare = peri_pool_new(3);   // no scratch reserved
+    CHECK(bare != NULL);
+    int bad = 0;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0] && !bad; ti++) {
+        const int type = types[ti];
+        const size_t esz = type == PERI_TYPE_F32 ? 4 : 2;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0] && !bad; si++) {
+            const int64_t K = shapes[si][0], m = shapes[si][1], n = shapes[si][2];
+            char *c = malloc(esz * (size_t)(K * m));
+            float *cf = malloc(sizeof(float) * (size_t)(K * m)), *x = malloc(sizeof(float) * (size_t)(n * K));
+            float *y = malloc(sizeof(float) * (size_t)(n * m));
+            for (int64_t e = 0; e < K * m; e++) {
+                const float v = frand();
+                if (type == PERI_TYPE_F32) ((float *)c)[e] = cf[e] = v;
+                else if (type == PERI_TYPE_F16) cf[e] = peri_f16_to_f32(((uint16_t *)c)[e] = peri_f32_to_f16(v));
+                else cf[e] = peri_bf16_to_f32(((uint16_t *)c)[e] = peri_f32_to_bf16(v));
+            }
+            for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
+            const peri_tensor C = {.name = "c", .type = type, .n_dims = 2, .shape = {K, m}, .data = c,
+                                   .nbytes = esz * (size_t)(K * m)};
+            CHECK(peri_matmul_reserve(pool, K > m ? K : m, n) == PERI_OK);
+            peri_pool *pools[] = {pool, bare, NULL};
+            for (int pi = 0; pi < 3 && !bad; pi++) {
+                for (int64_t i = 0; i < n * m; i++) y[i] = 777.0f;   // overwritten, not added to
+                peri_matmul_by_inputs(pools[pi], y, x, &C, n);
+                bad = !nn_matches("matmul_by_inputs", type, y, m, x, K, cf, m, K, m, n);
+            }
+            free(c), free(cf), free(x), free(y);
+        }
+    }
+    CHECKF(!bad, "matmul_by_inputs at level %s", lvl);
+    peri_pool_free(bare);
+    // not a float matrix: NaN out, an error set
+    float x1[4] = {1, 2, 3, 4}, y1[2] = {0, 0};
+    const peri_tensor q = {.name = "q", .type = PERI_TYPE_Q8_0, .n_dims = 2, .shape = {4, 2}, .data = x1, .nbytes = 16};
+    peri_matmul_by_inputs(pool, y1, x1, &q, 1);
+    CHECK(isnan(y1[0]) && isnan(y1[1]));
+}
+
 // peri_matmul_t (an m x K Q8_0, Q4_K or Q6_K weight in its T layout: PLM's down projection) against the float64 sum
 // over the weight's values: up to 64 x rows through the sparse kernel (90%, 50%, all or no x values zero; passes with
 // tails; weights wider than the kernel's column chunk), more rows through the level's GEMM from the layout (Q8_0_T)
@@ -1010,6 +1057,7 @@ int main(int argc, char **argv) {
         test_get_row_level();
         test_matmul_nn_level();
         test_t_level(pool);
+        test_by_inputs_level(pool);
         test_qdot_level();
         test_quantize_level();
         test_modes_level(pool);

@@ -387,6 +387,9 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
     const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel), td = (double)t_decode_bytes(nth, max_K);
     if (tp > need) need = tp;
     if (td > need) need = td;
+    // peri_matmul_by_inputs: the threads' partial sums of a few rows (outputs up to max_K)
+    const double bi = (double)nth * PERI_NN_SPARSE_ROWS * (double)max_K * sizeof(float);
+    if (bi > need) need = bi;
     if (need > (double)((size_t)1 << 40))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
                          (long long)max_K, (long long)max_n, need);
@@ -581,6 +584,56 @@ static void t_task(void *arg, int ith, int nth) {
             peri_matmul_ex_ref(NULL, j->y + j0, m, j->x, K, &Pt, 0, rows, NULL, n);
         }
     }
+}
+
+struct by_inputs_job {
+    const peri_tensor *C;
+    float *y, *part;   // part: [nth][n][m] with more than one thread and few rows
+    const float *x;
+    int64_t n;
+};
+
+static void by_inputs_task(void *arg, int ith, int nth) {
+    const struct by_inputs_job *j = arg;
+    const int64_t K = j->C->shape[0], m = j->C->shape[1];
+    const size_t rs = peri_row_size(j->C->type, m), esz = rs / (size_t)m;
+    const char *c = j->C->data;
+    long lo, hi;
+    if (j->n <= PERI_NN_SPARSE_ROWS) {   // the inputs split
+        peri_split((long)K, ith, nth, &lo, &hi);
+        float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(j->n * m);
+        if (lo == hi) memset(out, 0, sizeof(float) * (size_t)(j->n * m));   // fewer inputs than threads
+        else peri_matmul_nn(out, m, j->x + lo, K, j->C->type, c + (size_t)lo * rs, rs, hi - lo, m, j->n);
+        return;
+    }
+    peri_split((long)((m + 63) / 64), ith, nth, &lo, &hi);   // the outputs split, in whole 64s
+    const int64_t j0 = (int64_t)lo * 64, j1 = (int64_t)hi * 64 < m ? (int64_t)hi * 64 : m;
+    if (j0 < j1) peri_matmul_nn(j->y + j0, m, j->x, K, j->C->type, c + (size_t)j0 * esz, rs, K, j1 - j0, j->n);
+}
+
+void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri_tensor *C, int64_t n) {
+    const int64_t K = C->shape[0], m = C->n_dims == 2 ? C->shape[1] : 0;
+    if (n <= 0 || K <= 0) return;
+    if (m <= 0 || (C->type != PERI_TYPE_F32 && C->type != PERI_TYPE_F16 && C->type != PERI_TYPE_BF16)) {
+        peri_fail(PERI_E_UNSUPPORTED, "matmul_by_inputs: '%s' is not a K x m float matrix (type %s, %d dims)",
+                  C->name ? C->name : "?", peri_type_name(C->type), C->n_dims);
+        for (int64_t i = 0; i < n * (m > 0 ? m : 0); i++) y[i] = NAN;
+        return;
+    }
+    const int nth = peri_pool_size(pool);
+    struct by_inputs_job j = {.C = C, .y = y, .x = x, .n = n};
+    if (n > PERI_NN_SPARSE_ROWS) {
+        peri_pool_run(pool, by_inputs_task, &j);
+        return;
+    }
+    j.part = nth > 1 ? peri_pool_scratch_acquire(pool, (size_t)nth * (size_t)(n * m) * sizeof(float)) : NULL;
+    if (!j.part) {   // one thread, straight into y
+        by_inputs_task(&j, 0, 1);
+        return;
+    }
+    peri_pool_run(pool, by_inputs_task, &j);
+    for (int64_t i = 0; i < n; i++) peri_sum_parts(y + i * m, j.part + i * m, n * m, nth, m);
+    peri_pool_scratch_release(pool);
 }
 
 void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n) {

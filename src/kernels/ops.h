@@ -31,6 +31,14 @@ void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
                         int64_t K, int64_t m, int64_t n);
 
+// y[n x m] = x[n x K] . C for C a K x m float matrix (F32, F16 or BF16; K rows of m values): a weight stored by its
+// inputs, as PLM's down projection is when rearranged at load (models/plm.c). Up to PERI_NN_SPARSE_ROWS x rows the
+// threads split the inputs (peri_matmul_nn then reads only the rows of inputs non-zero in some x row) and their
+// partial sums, in the pool's scratch (peri_matmul_reserve sizes it), are added; more rows split the outputs, 64 at a
+// time, for peri_matmul_nn's GEMM. Without the scratch, the caller alone. Allocates nothing.
+#define PERI_NN_SPARSE_ROWS 4   // GP_NN_ROWS_MAX (kernels/gemm_outer.inc): the rows of peri_matmul_nn's sparse kernel
+void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri_tensor *C, int64_t n);
+
 // y[n x m] = x[n x K] . W^T for W an m x K weight in a T layout (tensor/repack.h: Q8_0_T, Q4_K_T, Q6_K_T; PLM's down
 // projection, whose activations are mostly zero), with the numbers of peri_matmul on the file's weight: x rounded as
 // the level's kernel for the base type and n rows quantizes it (Q8_0, Q8_K; not in exact mode), else float. Up to

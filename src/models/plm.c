@@ -26,9 +26,6 @@
 #define PLM_DBLOCK 64
 // Keys per chunk in one-row decode attention (kattn phase 4): 256 F16 latent rows are 288 KiB, well inside L2.
 #define PLM_KCHUNK 256
-// Rows (tokens) up to which the down projection reads only the weight rows of non-zero activations (down_proj): the
-// x rows peri_matmul_nn takes through its sparse kernel (GP_NN_ROWS_MAX in kernels/gemm_outer.inc).
-#define PLM_SPARSE_ROWS 4
 
 struct plm_layer {
     const peri_tensor *wq, *wkva, *wkvb, *wo, *up, *down;
@@ -69,7 +66,6 @@ struct plm_ctx {
     float *wkbt;
     float *scores;               // [nth][PLM_QBLOCK * H * score_ld(n_ctx)] (latent cache), [nth][H * n_ctx] (full)
     float *part;                 // [nth][H * R]: per-thread partial latent mixes (one-row decode, latent cache)
-    float *dpart;                // [nth][PLM_SPARSE_ROWS][D]: per-thread partial down projections (down_proj)
     float *part_ml;              // [nth][2 * H]: each thread's per-head largest score and sum of exponentials
     float *kmix;                 // [nth][H * R + 2 * H]: a key chunk's latent mixes, largest scores, sums (kattn phase 4)
     // Decompressed prefill (dattn_task), per thread in ff (unused by the absorbed form's buffers on that path):
@@ -421,7 +417,7 @@ static void plm_ctx_free(peri_context *c) {
     free(x->cache_a); free(x->cache_b); free(x->valid); free(x->cos_tab); free(x->sin_tab);
     free(x->x); free(x->h); free(x->tmp); free(x->q); free(x->a); free(x->kv);
     free(x->att); free(x->ff); free(x->scores); free(x->rowbuf); free(x->wkbt); free(x->part); free(x->part_ml);
-    free(x->dpart); free(x->kmix); free(x->probs); free(x->emit);
+    free(x->kmix); free(x->probs); free(x->emit);
     free(x->row_seq); free(x->row_slot); free(x->row_pos);
     free(x);
     c->arch = NULL;
@@ -504,13 +500,12 @@ static int plm_ctx_init(peri_context *c) {
     if (!x->full) x->part = alloc_n((int64_t)x->nth * H * R, 4);
     if (!x->full) x->part_ml = alloc_n((int64_t)x->nth * 2 * H, 4);
     if (!x->full) x->kmix = alloc_n((int64_t)x->nth * (H * R + 2 * H), 4);
-    x->dpart = alloc_n((int64_t)x->nth * PLM_SPARSE_ROWS * D, 4);
     x->row_seq = alloc_n(N, 4);
     x->row_slot = alloc_n(N, 4);
     x->row_pos = alloc_n(N, 4);
     bool ok = x->cache_a && (!x->full || x->cache_b) && x->valid && x->cos_tab && x->sin_tab && x->x && x->h &&
               x->tmp && x->q && x->a && x->att && x->ff && (x->full ? x->kv != NULL : x->qlat && x->clat) &&
-              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml && x->kmix)) && x->dpart &&
+              x->scores && x->rowbuf && (x->full || (x->wkbt && x->part && x->part_ml && x->kmix)) &&
               x->row_seq && x->row_slot && x->row_pos;
     if (ok && c->params.tensor_cb) {
         // Attention probabilities are only kept for the callback, and only when that stays reasonable.
@@ -826,51 +821,17 @@ static void kattn_task(void *arg, int ith, int nth) {
 }
 
 // tmp = ff W_down^T. Trained checkpoints' squared-ReLU activations are about 90% zeros (docs/plm.md, "Sparse down
-// projection"), so with down stored transposed (a row of D values per input) a decoded token reads only the rows of
-// its non-zero inputs: the inputs are split over the threads, each summing its share's rows into its own partial
-// (peri_matmul_nn on a few x rows skips inputs zero in all of them when C is beyond the caches), and the partials
-// are added. More rows (prefill) split the outputs over the threads for the y = x C GEMM. A down in a T layout does
-// the same inside peri_matmul_t. Without the rearrangement (another type, or use_repack off) it is the plain matmul.
-struct down_job {
-    peri_context *c;
-    const peri_tensor *W;
-    int64_t N;
-};
-
-static void down_task(void *arg, int ith, int nth) {
-    const struct down_job *J = arg;
-    struct plm_ctx *x = J->c->arch;
-    const struct plm_model *p = J->c->model->arch;
-    const int64_t D = p->n_embd, F = p->n_ff;
-    const size_t rs = peri_row_size(J->W->type, D), esz = rs / (size_t)D;
-    const char *w = J->W->data;
-    if (J->N <= PLM_SPARSE_ROWS) {
-        const int64_t k0 = F * ith / nth, k1 = F * (ith + 1) / nth;
-        peri_matmul_nn(x->dpart + (int64_t)ith * PLM_SPARSE_ROWS * D, D, x->ff + k0, F, J->W->type, w + (size_t)k0 * rs,
-                       rs, k1 - k0, D, J->N);
-        return;
-    }
-    long lo, hi;   // columns in whole 64s
-    peri_split((long)((D + 63) / 64), ith, nth, &lo, &hi);
-    lo *= 64, hi = hi * 64 < D ? hi * 64 : D;
-    if (lo < hi) peri_matmul_nn(x->tmp + lo, D, x->ff, F, J->W->type, w + (size_t)lo * esz, rs, F, hi - lo, J->N);
-}
-
+// projection"), so with down stored by its inputs (transposed: a row of D values per input, or a T layout) a decoded
+// token reads only the rows of its non-zero inputs (peri_matmul_by_inputs, peri_matmul_t). Without the
+// rearrangement (another type, or use_repack off) it is the plain matmul.
 static void down_proj(peri_context *c, const struct plm_layer *L, int64_t N) {
     struct plm_ctx *x = c->arch;
-    const int64_t D = ((const struct plm_model *)c->model->arch)->n_embd;
     if (L->down != &L->down_tt) {
         peri_matmul(c->pool, x->tmp, x->ff, L->down, NULL, N);
         return;
     }
-    if (peri_t_kind(L->down->type) >= 0) {
-        peri_matmul_t(c->pool, x->tmp, x->ff, L->down, N);
-        return;
-    }
-    struct down_job J = {c, L->down, N};
-    peri_pool_run(c->pool, down_task, &J);
-    if (N > PLM_SPARSE_ROWS) return;
-    for (int64_t n = 0; n < N; n++) peri_sum_parts(x->tmp + n * D, x->dpart + n * D, PLM_SPARSE_ROWS * D, x->nth, D);
+    if (peri_t_kind(L->down->type) >= 0) peri_matmul_t(c->pool, x->tmp, x->ff, L->down, N);
+    else peri_matmul_by_inputs(c->pool, x->tmp, x->ff, L->down, N);
 }
 
 struct heads_job {
