@@ -497,12 +497,12 @@ void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, c
     const struct peri_type_traits *qt = peri_type_traits(x_type);
     peri_from_float_fn quant = x_type == PERI_TYPE_F32 ? NULL : ks->quantize_x[x_type] ? ks->quantize_x[x_type] : qt->from_float;
     peri_to_float_fn deq = x_type == PERI_TYPE_F32 ? NULL : ks->to_float[x_type] ? ks->to_float[x_type] : qt->to_float;
+    void (*kq)(float *, int64_t, const void *, size_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t) =
+        kind >= 0 && x_type == PERI_TYPE_Q8_K && c0 % 32 == 0 && m % 32 == 0 ? ks->t_nn_q8k[kind] : NULL;
     for (int64_t i0 = 0; i0 < n; i0 += T_ROWS) {
         const int64_t nr = n - i0 < T_ROWS ? n - i0 : T_ROWS;
         for (int64_t i = 0; i < nr; i++) memset(y + (i0 + i) * ldy, 0, sizeof(float) * (size_t)m);
         if (G <= 0) continue;
-        void (*kq)(float *, int64_t, const void *, size_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t) =
-            kind >= 0 && x_type == PERI_TYPE_Q8_K && c0 % 32 == 0 && m % 32 == 0 ? ks->t_nn_q8k[kind] : NULL;
         if (quant && kq) {   // integer sums, one x row at a time
             _Alignas(64) block_q8_K xq[T_ROUND / QK_K];
             for (int64_t i = 0; i < nr; i++)
