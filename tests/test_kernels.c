@@ -1,4 +1,5 @@
 // Every kernel at every level this CPU supports against its scalar reference, on odd shapes.
+#include "core/error.h"
 #include "kernels/kernels_impl.h"
 #include "kernels/ops.h"
 #include "peri.h"
@@ -367,8 +368,11 @@ static void test_by_inputs_level(peri_pool *pool) {
     // not a float matrix: NaN out, an error set
     float x1[4] = {1, 2, 3, 4}, y1[2] = {0, 0};
     const peri_tensor q = {.name = "q", .type = PERI_TYPE_Q8_0, .n_dims = 2, .shape = {4, 2}, .data = x1, .nbytes = 16};
+    peri_clear_error();
     peri_matmul_by_inputs(pool, y1, x1, &q, 1);
     CHECK(isnan(y1[0]) && isnan(y1[1]));
+    CHECKF(strstr(peri_last_error(), "'q' is not a K x m float matrix (type q8_0") != NULL, "by_inputs error: %s",
+           peri_last_error());
 }
 
 // peri_matmul_t (an m x K Q8_0, Q4_K or Q6_K weight in its T layout: PLM's down projection) against the float64 sum

@@ -352,17 +352,17 @@ static size_t generic_bytes(int nth, int64_t K) {
 }
 
 // peri_matmul_t's scratch: x quantized (xbytes), then a panel of the base type's rows (peri_t_panel of them, K
-// long) per thread, 64-byte aligned; or for few rows the threads' partial sums, PERI_T_DECODE_ROWS rows of m floats
-// each.
+// long) per thread, 64-byte aligned; or for few rows (and peri_matmul_by_inputs's) the threads' partial sums,
+// pass_rows rows of m floats each (run_split_inputs).
+static size_t split_bytes(int nth, int64_t pass_rows, int64_t m) {
+    return (size_t)nth * (size_t)pass_rows * (size_t)m * sizeof(float);
+}
 static size_t t_align(size_t b) { return (b + 63) / 64 * 64; }
 static size_t t_panel_bytes(int t_type, int64_t K) {
     return (size_t)peri_t_panel(t_type) * peri_row_size(peri_t_base(t_type), K);
 }
 static size_t t_prefill_bytes(int nth, size_t xbytes, size_t panel) {
     return t_align(xbytes) + (size_t)nth * t_align(panel);
-}
-static size_t t_decode_bytes(int nth, int64_t m) {
-    return (size_t)nth * PERI_T_DECODE_ROWS * (size_t)m * sizeof(float);
 }
 
 int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
@@ -384,12 +384,11 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
     size_t panel = 0;
     for (int t = PERI_TYPE_Q8_0_T; t <= PERI_TYPE_Q6_K_T; t++)
         if (t_panel_bytes(t, Kr) > panel) panel = t_panel_bytes(t, Kr);
-    const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel), td = (double)t_decode_bytes(nth, max_K);
+    const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel);
     if (tp > need) need = tp;
-    if (td > need) need = td;
-    // peri_matmul_by_inputs: the threads' partial sums of a few rows (outputs up to max_K)
-    const double bi = (double)nth * PERI_NN_SPARSE_ROWS * (double)max_K * sizeof(float);
-    if (bi > need) need = bi;
+    // the threads' partial sums of a few rows (outputs up to max_K): peri_matmul_t, peri_matmul_by_inputs
+    const int64_t pass = PERI_T_DECODE_ROWS > PERI_NN_SPARSE_ROWS ? PERI_T_DECODE_ROWS : PERI_NN_SPARSE_ROWS;
+    if ((double)split_bytes(nth, pass, max_K) > need) need = (double)split_bytes(nth, pass, max_K);
     if (need > (double)((size_t)1 << 40))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
                          (long long)max_K, (long long)max_n, need);
@@ -537,6 +536,52 @@ int64_t peri_t_sparse_rows(int t_type) {
     return t_type == PERI_TYPE_Q8_0_T ? PERI_T_SPARSE_ROWS : PERI_T_SPARSE_ROWS_K;
 }
 
+// ---- few rows of a weight stored by its inputs: the inputs split over the threads ------------------------------
+
+// Rows i0 .. i0 + nr - 1 of y (m floats a row, out[i] for row i0 + i) from the inputs' units lo .. hi - 1 only,
+// overwritten (lo == hi never reaches it).
+typedef void (*split_part_fn)(const void *arg, float *out, int64_t i0, int64_t nr, long lo, long hi);
+
+struct split_job {
+    split_part_fn fn;
+    const void *arg;
+    float *part;   // [nth][nr][m]
+    int64_t m, i0, nr;
+    long units;
+};
+
+static void split_task(void *arg, int ith, int nth) {
+    const struct split_job *j = arg;
+    long lo, hi;
+    peri_split(j->units, ith, nth, &lo, &hi);
+    float *out = j->part + (size_t)ith * (size_t)(j->nr * j->m);
+    if (lo == hi) memset(out, 0, sizeof(float) * (size_t)(j->nr * j->m));   // fewer units than threads
+    else j->fn(j->arg, out, j->i0, j->nr, lo, hi);
+}
+
+// y[n x m] as the sum over the inputs' units 0 .. units - 1 of fn: for the few rows whose kernel reads only the
+// weight rows of inputs non-zero in some x row (the sparse down projections), where splitting the outputs would have
+// every thread walk every non-zero input. Each thread takes a share of the units for pass_rows rows at a time, its
+// partial sums in the pool's scratch (split_bytes; peri_matmul_reserve sizes it), added after. One thread, or no
+// scratch: fn on the caller, straight into y.
+static void run_split_inputs(peri_pool *pool, float *y, int64_t m, int64_t n, int64_t pass_rows, long units,
+                             split_part_fn fn, const void *arg) {
+    const int nth = peri_pool_size(pool);
+    float *part = nth > 1 ? peri_pool_scratch_acquire(pool, split_bytes(nth, pass_rows, m)) : NULL;
+    if (!part) {
+        if (units > 0) fn(arg, y, 0, n, 0, units);
+        else memset(y, 0, sizeof(float) * (size_t)(n * m));
+        return;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += pass_rows) {
+        struct split_job j = {.fn = fn, .arg = arg, .part = part, .m = m, .i0 = i0, .units = units,
+                              .nr = n - i0 < pass_rows ? n - i0 : pass_rows};
+        peri_pool_run(pool, split_task, &j);
+        for (int64_t i = 0; i < j.nr; i++) peri_sum_parts(y + (i0 + i) * m, part + i * m, j.nr * m, nth, m);
+    }
+    peri_pool_scratch_release(pool);
+}
+
 struct t_job {
     const struct peri_mm_kernel *e;   // prefill: the level's entry for the base type and n rows (fn NULL: the reference)
     int t_type, base;
@@ -548,23 +593,23 @@ struct t_job {
     int64_t m, K, n;
     int x_type;                       // up to peri_t_sparse_rows: what x is rounded to (peri_t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
-    float *part;                      // the same with more than one thread: [nth][n][m], n <= PERI_T_DECODE_ROWS
     char *panels;                     // prefill: per thread, a panel of the base type's rows
     size_t pstride;
 };
 
+// Few rows: input groups lo .. hi - 1 (run_split_inputs).
+static void t_part(const void *arg, float *out, int64_t i0, int64_t nr, long lo, long hi) {
+    const struct t_job *j = arg;
+    const int64_t gi = peri_t_group(j->t_type);
+    peri_t_nn(j->t_type, out, j->m, j->x + i0 * j->K + lo * gi, j->K,
+              j->c + (size_t)lo * peri_t_group_bytes(j->t_type, j->m), j->m, 0, j->m, hi - lo, nr, j->x_type);
+}
+
+// More rows: panels of weight rows (outputs) split over the threads.
 static void t_task(void *arg, int ith, int nth) {
     const struct t_job *j = arg;
-    const int64_t m = j->m, K = j->K, n = j->n, gi = peri_t_group(j->t_type), P = peri_t_panel(j->t_type);
-    if (n <= peri_t_sparse_rows(j->t_type)) {   // the inputs' groups split over the threads
-        long lo, hi;
-        peri_split((long)(K / gi), ith, nth, &lo, &hi);
-        float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(n * m);
-        peri_t_nn(j->t_type, out, m, j->x + lo * gi, K, j->c + (size_t)lo * peri_t_group_bytes(j->t_type, m), m, 0, m,
-                  hi - lo, n, j->x_type);
-        return;
-    }
-    long lo, hi;   // panels of weight rows (outputs) split over the threads
+    const int64_t m = j->m, K = j->K, n = j->n, P = peri_t_panel(j->t_type);
+    long lo, hi;
     peri_split((long)((m + P - 1) / P), ith, nth, &lo, &hi);
     if (j->gemm) {   // straight from the layout
         const int64_t j0 = (int64_t)lo * P, j1 = (int64_t)hi * P < m ? hi * P : m;
@@ -588,27 +633,31 @@ static void t_task(void *arg, int ith, int nth) {
 
 struct by_inputs_job {
     const peri_tensor *C;
-    float *y, *part;   // part: [nth][n][m] with more than one thread and few rows
+    float *y;
     const float *x;
     int64_t n;
 };
 
+// Few rows: inputs lo .. hi - 1 (run_split_inputs).
+static void by_inputs_part(const void *arg, float *out, int64_t i0, int64_t nr, long lo, long hi) {
+    const struct by_inputs_job *j = arg;
+    const int64_t K = j->C->shape[0], m = j->C->shape[1];
+    const size_t rs = peri_row_size(j->C->type, m);
+    peri_matmul_nn(out, m, j->x + i0 * K + lo, K, j->C->type, (const char *)j->C->data + (size_t)lo * rs, rs, hi - lo,
+                   m, nr);
+}
+
+// More rows: the outputs split, in whole 64s, for peri_matmul_nn's GEMM.
 static void by_inputs_task(void *arg, int ith, int nth) {
     const struct by_inputs_job *j = arg;
     const int64_t K = j->C->shape[0], m = j->C->shape[1];
     const size_t rs = peri_row_size(j->C->type, m), esz = rs / (size_t)m;
-    const char *c = j->C->data;
     long lo, hi;
-    if (j->n <= PERI_NN_SPARSE_ROWS) {   // the inputs split
-        peri_split((long)K, ith, nth, &lo, &hi);
-        float *out = nth == 1 ? j->y : j->part + (size_t)ith * (size_t)(j->n * m);
-        if (lo == hi) memset(out, 0, sizeof(float) * (size_t)(j->n * m));   // fewer inputs than threads
-        else peri_matmul_nn(out, m, j->x + lo, K, j->C->type, c + (size_t)lo * rs, rs, hi - lo, m, j->n);
-        return;
-    }
-    peri_split((long)((m + 63) / 64), ith, nth, &lo, &hi);   // the outputs split, in whole 64s
+    peri_split((long)((m + 63) / 64), ith, nth, &lo, &hi);
     const int64_t j0 = (int64_t)lo * 64, j1 = (int64_t)hi * 64 < m ? (int64_t)hi * 64 : m;
-    if (j0 < j1) peri_matmul_nn(j->y + j0, m, j->x, K, j->C->type, c + (size_t)j0 * esz, rs, K, j1 - j0, j->n);
+    if (j0 < j1)
+        peri_matmul_nn(j->y + j0, m, j->x, K, j->C->type, (const char *)j->C->data + (size_t)j0 * esz, rs, K, j1 - j0,
+                       j->n);
 }
 
 void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri_tensor *C, int64_t n) {
@@ -620,20 +669,9 @@ void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri
         for (int64_t i = 0; i < n * (m > 0 ? m : 0); i++) y[i] = NAN;
         return;
     }
-    const int nth = peri_pool_size(pool);
     struct by_inputs_job j = {.C = C, .y = y, .x = x, .n = n};
-    if (n > PERI_NN_SPARSE_ROWS) {
-        peri_pool_run(pool, by_inputs_task, &j);
-        return;
-    }
-    j.part = nth > 1 ? peri_pool_scratch_acquire(pool, (size_t)nth * (size_t)(n * m) * sizeof(float)) : NULL;
-    if (!j.part) {   // one thread, straight into y
-        by_inputs_task(&j, 0, 1);
-        return;
-    }
-    peri_pool_run(pool, by_inputs_task, &j);
-    for (int64_t i = 0; i < n; i++) peri_sum_parts(y + i * m, j.part + i * m, n * m, nth, m);
-    peri_pool_scratch_release(pool);
+    if (n <= PERI_NN_SPARSE_ROWS) run_split_inputs(pool, y, m, n, PERI_NN_SPARSE_ROWS, (long)K, by_inputs_part, &j);
+    else peri_pool_run(pool, by_inputs_task, &j);
 }
 
 void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n) {
@@ -652,19 +690,7 @@ void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor 
     j.e = choose_kernel(ks, base, n, W->flags);
     j.x_type = j.e->fn ? j.e->x_type : PERI_TYPE_F32;
     if (n <= peri_t_sparse_rows(W->type)) {
-        j.part = nth > 1 ? peri_pool_scratch_acquire(pool, t_decode_bytes(nth, m)) : NULL;
-        if (!j.part) {   // one thread, straight into y
-            t_task(&j, 0, 1);
-            return;
-        }
-        for (int64_t i0 = 0; i0 < n; i0 += PERI_T_DECODE_ROWS) {   // the partial sums of that many rows at a time
-            struct t_job jc = j;
-            jc.n = n - i0 < PERI_T_DECODE_ROWS ? n - i0 : PERI_T_DECODE_ROWS;
-            jc.x = x + i0 * K, jc.y = y + i0 * m;
-            peri_pool_run(pool, t_task, &jc);
-            for (int64_t i = 0; i < jc.n; i++) peri_sum_parts(jc.y + i * m, j.part + i * m, jc.n * m, nth, m);
-        }
-        peri_pool_scratch_release(pool);
+        run_split_inputs(pool, y, m, n, PERI_T_DECODE_ROWS, (long)(K / peri_t_group(W->type)), t_part, &j);
         return;
     }
     if (W->type == PERI_TYPE_Q8_0_T && j.x_type == PERI_TYPE_F32 && j.e->fn && ks->q8t_mm) {
