@@ -351,15 +351,20 @@ static size_t generic_bytes(int nth, int64_t K) {
     return (size_t)nth * PERI_MM_GENERIC_ROWS * (size_t)K * sizeof(float);
 }
 
-// peri_matmul_t's scratch: x quantized (xbytes), then a panel of the base type's rows (peri_t_panel of them, K
-// long) per thread, 64-byte aligned; or for few rows (and peri_matmul_by_inputs's) the threads' partial sums,
+// peri_matmul_t's scratch: x quantized (xbytes), then a chunk of the base type's rows (T_CHUNK_ROWS of them, K long)
+// per thread, 64-byte aligned; or for few rows (and peri_matmul_by_inputs's) the threads' partial sums,
 // pass_rows rows of m floats each (run_split_inputs).
 static size_t split_bytes(int nth, int64_t pass_rows, int64_t m) {
     return (size_t)nth * (size_t)pass_rows * (size_t)m * sizeof(float);
 }
 static size_t t_align(size_t b) { return (b + 63) / 64 * 64; }
+// Weight rows a thread turns back at a time for the prefill: several panels, so that the level's kernel runs once
+// over them (x, up to 256 rows of 8192 floats in PLM, is read once per chunk instead of once per 32-row panel) and
+// the conversion reads each line of the code rows once (peri_t_rows walks the groups outermost). A multiple of every
+// layout's panel.
+#define T_CHUNK_ROWS 256
 static size_t t_panel_bytes(int t_type, int64_t K) {
-    return (size_t)peri_t_panel(t_type) * peri_row_size(peri_t_base(t_type), K);
+    return (size_t)T_CHUNK_ROWS * peri_row_size(peri_t_base(t_type), K);
 }
 static size_t t_prefill_bytes(int nth, size_t xbytes, size_t panel) {
     return t_align(xbytes) + (size_t)nth * t_align(panel);
@@ -618,8 +623,9 @@ static void t_task(void *arg, int ith, int nth) {
     }
     char *panel = j->panels + (size_t)ith * j->pstride;
     const size_t prs = peri_row_size(j->base, K);
-    for (long u = lo; u < hi; u++) {
-        const int64_t j0 = (int64_t)u * P, rows = m - j0 < P ? m - j0 : P;
+    const int64_t end = (int64_t)hi * P < m ? (int64_t)hi * P : m;
+    for (int64_t j0 = (int64_t)lo * P; j0 < end; j0 += T_CHUNK_ROWS) {
+        const int64_t rows = end - j0 < T_CHUNK_ROWS ? end - j0 : T_CHUNK_ROWS;
         peri_t_rows(j->t_type, panel, j->c, m, K, j0, rows);
         if (j->e->fn) {
             j->e->fn(j->y + j0, m, j->xq, j->xrs, panel, prs, K, rows, n, NULL);

@@ -389,8 +389,8 @@ void peri_t_rows(int t_type, void *dst, const void *src, int64_t m, int64_t K, i
         q8_0_t_rows(dst, src, m, K, j0, rows);
         return;
     }
-    for (int64_t r = 0; r < rows; r += step)
-        for (int64_t g = 0; g < nb; g++) {
+    for (int64_t g = 0; g < nb; g++)   // groups outermost: a group's panels share the lines of its code rows
+        for (int64_t r = 0; r < rows; r += step) {
             const char *grp = (const char *)src + (size_t)g * gs;
             char *b = (char *)dst + ((size_t)r * (size_t)nb + (size_t)g) * bs;
             if (t_type == PERI_TYPE_Q4_K_T) q4_k_t_unblock((block_q4_K *)b, nb, grp, m, j0 + r);
