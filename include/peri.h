@@ -54,13 +54,23 @@ typedef struct peri_model peri_model;
 typedef struct peri_context peri_context;
 typedef struct peri_tokenizer peri_tokenizer;
 
+// PLM's down projections stored by their inputs (with use_repack), so that a decoded token reads only the weights of
+// its non-zero squared-ReLU activations (about 91% zeros in the trained checkpoints).
+enum peri_sparse_down {
+    PERI_SPARSE_DOWN_AUTO = 0,   // F32/F16/BF16/Q8_0 always; Q4_K and Q6_K (Q4_K_M files) per layer, where a short
+                                 // pass at load finds the activations at least 80% (Q4_K) or 85% (Q6_K) zero
+    PERI_SPARSE_DOWN_ON = 1,     // every down projection whose type has such a layout
+    PERI_SPARSE_DOWN_OFF = 2,    // none: the file's layout
+};
+
 struct peri_model_params {
     int32_t n_threads;   // threads for loading work (0 = physical cores)
     bool use_mmap;       // map weights read-only and use them in place (false: read into memory)
     bool use_repack;     // rewrite weights at load into the kernels' layouts where they have one (Q4_0 rows of
-                         // whole 512-value groups; PLM's F32/F16/BF16/Q8_0 down projections, transposed for the
-                         // sparse decode); a mapped weight's pages become the process's own (copy on write; the
-                         // file is never written), so processes no longer share them
+                         // whole 512-value groups; PLM's down projections, as sparse_down says); a mapped weight's
+                         // pages become the process's own (copy on write; the file is never written), so processes
+                         // no longer share them
+    int32_t sparse_down; // enum peri_sparse_down (with use_repack)
 };
 PERI_API struct peri_model_params peri_model_default_params(void);
 

@@ -9,7 +9,7 @@
 # threads' halves through the small-matrix one; the prefill through the y = x C GEMM. And with Q8_0 weights, whose
 # down projections are rearranged into Q8_0_T (tensor/repack.h): decode through the sparse Q8_0_T kernel (x rounded
 # to Q8_0 as the integer kernels round it; 2 threads: partial sums), the 12-row prefill through Q8_0 panels and the
-# level's Q8_0 kernel.
+# level's Q8_0 kernel. And with Q4_K_M weights (below).
 set -u
 command -v python3 >/dev/null || exit 77
 P=${PERI_BIN:?}
@@ -57,4 +57,72 @@ for ty in f16 q8_0; do
         ok python3 "$tmp/cmp.py" "$tmp/$ty-repack.bin" "$tmp/$ty-no-repack.bin"
     done
 done
+
+# Q4_K_M (4 layers: downs of layers 0-1 Q4_K, 2-3 Q6_K, as llama-quantize's mix gives them): the Q4_K_T / Q6_K_T
+# layouts. sparse_down auto measures the activations at load and rearranges a layer only when they are mostly zero:
+# on these random weights (about half zero) none; on a copy whose up projections have 90% of their rows zero (so at
+# least 90% of the activations are) all four. Both, and --sparse-down on, give the logits of the file's layout: in
+# exact mode (PERI_KERNELS_EXACT=1: float activations, the T layouts' float kernels) to float rounding; by default
+# (x rounded to Q8_K, as the dense K-quant kernels round it, then the integer T kernels, for the 12-row prefill and
+# the decode steps alike) with a float-rounding difference free to flip one Q8_K code of a later matmul's x, which
+# moved a few logits by 7e-3 of their largest while the mean difference stayed 1.5e-4 (a wrong scale for Q6_K's
+# high bits: 0.65 and 0.16).
+sed 's/"num_hidden_layers": 2/"num_hidden_layers": 4/' "$tmp/plm.json" > "$tmp/plm4.json"
+ok "$P" init --config "$tmp/plm4.json" --seed 7 --out "$tmp/k"
+cp "$tmp/m/tokenizer.json" "$tmp/k/"
+mkdir -p "$tmp/ks" && cp "$tmp/k/config.json" "$tmp/k/tokenizer.json" "$tmp/ks/"
+python3 - "$tmp/k/model.safetensors" "$tmp/ks/model.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n]); out = bytearray(raw); base = 8 + n
+hit = 0
+for name, t in head.items():
+    if not name.endswith("mlp.up_proj.weight"): continue
+    assert t["dtype"] == "F32", t
+    rows, cols = t["shape"]; a = base + t["data_offsets"][0]
+    for r in range(rows):
+        if r % 10: out[a + 4 * cols * r:a + 4 * cols * (r + 1)] = bytes(4 * cols)
+    hit += 1
+assert hit == 4, hit
+open(sys.argv[2], "wb").write(out)
+PY
+for v in k ks; do
+    ok "$P" convert "$tmp/$v" -o "$tmp/$v.gguf" --type q4_k_m
+    ok "$P" inspect "$tmp/$v.gguf" > "$tmp/$v-file.txt"
+    ok grep -Eq 'blk\.0\.ffn_down\.weight +q4_K ' "$tmp/$v-file.txt"
+    ok grep -Eq 'blk\.3\.ffn_down\.weight +q6_K ' "$tmp/$v-file.txt"
+    ok "$P" inspect "$tmp/$v.gguf" --repack > "$tmp/$v-auto.txt"
+done
+ok grep -Eq 'stored by input \(sparse decode\): 0 of 4 layers; activations (4[0-9]|5[0-9])% to' "$tmp/k-auto.txt"
+ok grep -Eq 'stored by input \(sparse decode\): 4 of 4 layers; activations (9[0-9]|100)% to' "$tmp/ks-auto.txt"
+ok "$P" inspect "$tmp/k.gguf" --repack --sparse-down on > "$tmp/k-on.txt"
+ok grep -Eq 'stored by input \(sparse decode\): 4 of 4 layers$' "$tmp/k-on.txt"
+ok "$P" inspect "$tmp/ks.gguf" --repack --sparse-down off > "$tmp/ks-off.txt"
+ok grep -Eq 'stored by input \(sparse decode\): 0 of 4 layers$' "$tmp/ks-off.txt"
+cat > "$tmp/cmp_q8k.py" <<'PY'
+import struct, sys
+a = open(sys.argv[1], "rb").read(); b = open(sys.argv[2], "rb").read()
+assert len(a) == len(b) == 4 * 96 * 15, (len(a), len(b))
+x = struct.unpack("<%df" % (len(a) // 4), a); y = struct.unpack("<%df" % (len(b) // 4), b)
+scale = max(abs(v) for v in y)
+d = [abs(p - q) for p, q in zip(x, y)]
+assert scale > 0 and max(d) <= 2e-2 * scale and sum(d) / len(d) <= 1e-3 * scale, (max(d), sum(d) / len(d), scale)
+PY
+for v in "k on" "ks auto"; do
+    set -- $v
+    for t in 1 2; do
+        for mode in exact default; do
+            exact=1 cmp=cmp.py; [ $mode = default ] && exact= cmp=cmp_q8k.py
+            ok env PERI_KERNELS_EXACT=$exact "$P" logits -m "$tmp/$1.gguf" --ids "$ids" --decode-ids "2 4 6" -t $t \
+                --sparse-down $2 --out "$tmp/$1-$2.bin"
+            ok env PERI_KERNELS_EXACT=$exact "$P" logits -m "$tmp/$1.gguf" --ids "$ids" --decode-ids "2 4 6" -t $t \
+                --no-repack --out "$tmp/$1-file.bin"
+            ok python3 "$tmp/$cmp" "$tmp/$1-$2.bin" "$tmp/$1-file.bin"
+        done
+    done
+done
+"$P" logits -m "$tmp/k.gguf" --ids 1 --sparse-down sometimes 2> "$tmp/err.txt"
+ok test $? -ne 0
+ok grep -q -- '--sparse-down wants auto, on or off, not "sometimes"' "$tmp/err.txt"
 finish

@@ -42,6 +42,8 @@ struct plm_model {
     float *out_norm;
     struct plm_layer *layers;
     bool gguf;
+    // sparse_down auto: each layer's share of zero activations in the load's pass (prepare), or NULL if none ran
+    float *zero_share;
 };
 
 struct plm_ctx {
@@ -79,6 +81,7 @@ struct plm_ctx {
     int64_t emit_n;
     // per micro-batch bookkeeping
     int32_t *row_seq, *row_slot, *row_pos;   // [n_rows_max]
+    int64_t *zeros;              // [n_layer] zero activations counted, or NULL (only the load's pass counts)
 };
 
 // ---- loading ------------------------------------------------------------------------------------------
@@ -190,9 +193,11 @@ static int get_w_f32(peri_model *m, const char *hf, const char *gg, int l, int64
     return peri_model_get_f32(m, name, 1, &n, out);
 }
 
-// The down projections stored by input for the sparse decode (down_proj): float types transposed ([n_ff][D]); Q8_0
-// rearranged into Q8_0_T (tensor/repack.h: groups of 32 inputs, each the D rows' scales then one row of D codes per
-// input), both exact. Other block types stay (their blocks run along the inputs). A
+// The down projections stored by input for the sparse decode (down_proj): float types transposed ([n_ff][D]); Q8_0,
+// Q4_K and Q6_K rearranged into their T layouts (tensor/repack.h: per group of inputs, the D rows' scales then one
+// row of D codes per input), all exact. Other block types stay (their blocks run along the inputs). Which layers:
+// model params sparse_down (peri.h); with auto, the float and Q8_0 ones at load (their sparse kernels run even with
+// the dense ones at half zeros), the Q4_K and Q6_K ones after a pass that measures the activations (plm_prepare). A
 // mapped weight goes into a buffer of the model and its pages are dropped (the memory stays about that of the file,
 // without copy-on-write copies of the pages); one read into memory is rearranged in place, from a copy. Layers go to
 // the threads of a pool made for the load (n_threads of the model parameters). use_repack off keeps the file's layout.
@@ -229,20 +234,22 @@ static void transpose_task(void *arg, int ith, int nth) {
     }
 }
 
-static int transpose_down(peri_model *m, struct plm_model *p) {
-    if (!m->params.use_repack) return PERI_OK;
+// Whether layer l's down projection can be stored by its inputs; with `measured`, whether sparse_down auto decides it
+// from the activations (Q4_K, Q6_K: their kernels lose to the dense ones at half zeros: docs/plm.md).
+static bool down_can_sparse(const struct plm_model *p, int l, bool *measured) {
+    const int t = p->layers[l].down->type;
+    *measured = t == PERI_TYPE_Q4_K || t == PERI_TYPE_Q6_K;
+    return t == PERI_TYPE_F32 || t == PERI_TYPE_F16 || t == PERI_TYPE_BF16 || peri_t_layout(t, p->n_embd, p->n_ff) >= 0;
+}
+
+// Rearranges the down projections of the layers with pick[l] set (and not rearranged yet).
+static int transpose_down(peri_model *m, struct plm_model *p, const bool *pick) {
     void **bufs = peri_model_alloc(m, sizeof(void *) * (size_t)p->n_layer);
     if (!bufs) return PERI_E_NOMEM;
     int any = 0;
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
-        const int t = L->down->type;
-        // Q8_0 only of the T layouts for now: on PLM-1.8B Q4_K_M the Q4_K_T / Q6_K_T kernels decode 1.24x faster with
-        // 91% of the activations zero (the trained checkpoints) but 0.8x with half (random weights), and prompts of 8
-        // to 16 tokens run at 0.7x (docs/kernels.md, "Session 14").
-        if (t != PERI_TYPE_F32 && t != PERI_TYPE_F16 && t != PERI_TYPE_BF16 &&
-            !(t == PERI_TYPE_Q8_0 && peri_t_layout(t, p->n_embd, p->n_ff) >= 0))
-            continue;
+        if (!pick[l] || L->down == &L->down_tt) continue;
         if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
             return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
         L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
@@ -371,7 +378,15 @@ static int plm_load(peri_model *m) {
             return rc;
     }
 
-    if ((rc = transpose_down(m, p))) return rc;
+    if (m->params.use_repack && m->params.sparse_down != PERI_SPARSE_DOWN_OFF) {
+        bool *pick = peri_model_alloc(m, sizeof(bool) * (size_t)p->n_layer);
+        if (!pick) return PERI_E_NOMEM;
+        for (int l = 0; l < p->n_layer; l++) {
+            bool measured;
+            pick[l] = down_can_sparse(p, l, &measured) && (!measured || m->params.sparse_down == PERI_SPARSE_DOWN_ON);
+        }
+        if ((rc = transpose_down(m, p, pick))) return rc;
+    }
 
     m->n_vocab = (int32_t)p->n_vocab;
     m->n_embd = (int32_t)D;
@@ -389,6 +404,68 @@ static int plm_load(peri_model *m) {
     return PERI_OK;
 }
 
+// ---- sparse_down auto: the Q4_K and Q6_K down projections of the layers whose activations are mostly zero -------
+
+// The pass that measures them: this text through the model (ids spread over the vocabulary without a tokenizer).
+#define PLM_PREPARE_TOKENS 16
+static const char plm_prepare_text[] =
+    "The history of science is the study of how people came to understand the natural world, from the first "
+    "records of the night sky to the experiments of modern laboratories.";
+
+// The least share of zero activations at which a layer's down projection is rearranged: the T layout's kernel alone
+// against the dense one (2048 x 8192, 2 threads) broke even at about 70% zeros (Q4_K) and 80% (Q6_K); docs/plm.md.
+static double down_min_zero_share(int type) { return type == PERI_TYPE_Q6_K ? 0.85 : 0.80; }
+
+static int plm_prepare(peri_model *m) {
+    struct plm_model *p = m->arch;
+    if (!m->params.use_repack || m->params.sparse_down != PERI_SPARSE_DOWN_AUTO) return PERI_OK;
+    int cands = 0;
+    for (int l = 0; l < p->n_layer; l++) {
+        bool measured;
+        cands += p->layers[l].down != &p->layers[l].down_tt && down_can_sparse(p, l, &measured) && measured;
+    }
+    if (!cands) return PERI_OK;
+    const int64_t n_ctx = p->n_ctx_train < PLM_PREPARE_TOKENS ? p->n_ctx_train : PLM_PREPARE_TOKENS;
+    peri_token toks[4 * PLM_PREPARE_TOKENS];   // room for the whole text in any tokenizer that has its letters
+    int64_t n = m->tok ? peri_tokenize(m->tok, plm_prepare_text, strlen(plm_prepare_text), toks,
+                                       sizeof toks / sizeof toks[0], false) : 0;
+    if (n < 0) n = 0, peri_clear_error();
+    if (n > n_ctx) n = n_ctx;
+    for (int64_t i = 0; i < n; i++)
+        if (toks[i] < 0 || toks[i] >= p->n_vocab) n = 0;   // a tokenizer beyond the model's vocabulary
+    if (n <= 0)
+        for (n = 0; n < n_ctx; n++) toks[n] = (peri_token)((n * 7919 + 1) % p->n_vocab);
+
+    struct peri_context_params cp = peri_context_default_params();
+    cp.n_ctx = (int32_t)n_ctx, cp.n_batch = (int32_t)n_ctx, cp.n_seq_max = 1, cp.n_threads = m->params.n_threads;
+    peri_context *c;
+    int rc = peri_context_init(m, cp, &c);
+    if (rc) return peri_fail_prefix(rc, "measuring the activations for sparse_down auto: ");
+    int64_t *zeros = calloc((size_t)p->n_layer, sizeof *zeros);
+    if (!zeros) {
+        peri_context_free(c);
+        return peri_fail(PERI_E_NOMEM, "measuring the activations for sparse_down auto: out of memory");
+    }
+    struct plm_ctx *x = c->arch;
+    x->zeros = zeros;
+    const int32_t seq = 0;
+    const struct peri_batch b = {.n_seq = 1, .n_tokens = (int32_t)n, .seq_ids = &seq, .tokens = toks};
+    rc = peri_decode(c, &b);
+    peri_context_free(c);
+    float *share = rc ? NULL : peri_model_alloc(m, sizeof(float) * (size_t)p->n_layer);
+    bool *pick = share ? peri_model_alloc(m, sizeof(bool) * (size_t)p->n_layer) : NULL;
+    if (!rc && !pick) rc = PERI_E_NOMEM;
+    for (int l = 0; !rc && l < p->n_layer; l++) {
+        bool measured;
+        share[l] = (float)((double)zeros[l] / ((double)n * (double)p->n_ff));
+        pick[l] = down_can_sparse(p, l, &measured) && measured && share[l] >= down_min_zero_share(p->layers[l].down->type);
+    }
+    free(zeros);
+    if (rc) return peri_fail_prefix(rc, "measuring the activations for sparse_down auto: ");
+    p->zero_share = share;
+    return transpose_down(m, p, pick);
+}
+
 static void plm_describe(const peri_model *m, peri_strbuf *sb) {
     const struct plm_model *p = m->arch;
     peri_sb_printf(sb, "plm: %lld heads, q/k head %lld (nope %lld + rope %lld), v head %lld, kv_lora_rank %lld, "
@@ -400,6 +477,16 @@ static void plm_describe(const peri_model *m, peri_strbuf *sb) {
                    (long long)((p->rank + p->rope) * 2 * p->n_layer), (long long)((p->rank + p->rope) * 4 * p->n_layer),
                    (long long)(p->n_head * (p->dk + p->vdim) * 2 * p->n_layer),
                    (long long)(p->n_head * (p->dk + p->vdim) * 4 * p->n_layer));
+    int by_input = 0;
+    float lo = 1.0f, hi = 0.0f;
+    for (int l = 0; l < p->n_layer; l++) {
+        by_input += p->layers[l].down == &p->layers[l].down_tt;
+        if (p->zero_share) lo = p->zero_share[l] < lo ? p->zero_share[l] : lo, hi = p->zero_share[l] > hi ? p->zero_share[l] : hi;
+    }
+    peri_sb_printf(sb, "plm down projections stored by input (sparse decode): %d of %lld layers", by_input,
+                   (long long)p->n_layer);
+    if (p->zero_share) peri_sb_printf(sb, "; activations %.0f%% to %.0f%% zero in the load's pass", 100.0 * lo, 100.0 * hi);
+    peri_sb_printf(sb, "\n");
 }
 
 // Floats between score rows for nk keys: a multiple of 16 (aligned rows) that is not one of a large power of two, so
@@ -1179,6 +1266,8 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
         struct relu_sq_job rj = {x->ff, N * p->n_ff};
         if (rj.n >= 65536) peri_pool_run(c->pool, relu_sq_task, &rj);   // decode's one row is not worth a wake-up
         else relu_sq_task(&rj, 0, 1);
+        if (x->zeros)
+            for (int64_t i = 0; i < N * p->n_ff; i++) x->zeros[l] += x->ff[i] == 0.0f;
         down_proj(c, L, N);
         for (int64_t i = 0; i < N * D; i++) x->x[i] += x->tmp[i];
         if (cb)
@@ -1279,4 +1368,5 @@ const struct peri_arch_ops peri_arch_plm = {
     .get_state = NULL,
     .dag = NULL,
     .init_random = plm_init_random,
+    .prepare = plm_prepare,
 };

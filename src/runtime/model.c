@@ -179,6 +179,11 @@ int peri_model_load(const char *path, struct peri_model_params params, peri_mode
         peri_model_free(m);
         return rc;
     }
+    if (m->ops->prepare && (rc = m->ops->prepare(m))) {
+        peri_fail_prefix(rc, "preparing %s model '%s': ", m->ops->name, path);
+        peri_model_free(m);
+        return rc;
+    }
     *out = m;
     return PERI_OK;
 }

@@ -42,6 +42,9 @@ struct peri_arch_ops {
     int (*init_random)(const json_value *config, uint64_t seed, const char *out_dir);
     // Bytes of weights one decode step reads (for the bandwidth bound in benchmarks); NULL: all tensors.
     int64_t (*decode_bytes)(const peri_model *m);
+    // After the load (tokenizer and heads bound; contexts can be made): choices that need the model running (PLM:
+    // which down projections to rearrange, from the activations of a short pass). NULL: none.
+    int (*prepare)(peri_model *m);
 };
 
 struct peri_model {

@@ -79,6 +79,17 @@ bool cli_float(const char *cmd, const char *opt, const char *v, double lo, doubl
     return true;
 }
 
+bool cli_sparse_down(const char *cmd, const char *v, struct peri_model_params *mp) {
+    if (!strcmp(v, "auto")) mp->sparse_down = PERI_SPARSE_DOWN_AUTO;
+    else if (!strcmp(v, "on")) mp->sparse_down = PERI_SPARSE_DOWN_ON;
+    else if (!strcmp(v, "off")) mp->sparse_down = PERI_SPARSE_DOWN_OFF;
+    else {
+        cli_error(cmd, "--sparse-down wants auto, on or off, not \"%s\"", v);
+        return false;
+    }
+    return true;
+}
+
 const char *cli_value(const char *cmd, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         cli_error(cmd, "option %s needs a value", argv[*i]);

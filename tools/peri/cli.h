@@ -47,6 +47,11 @@ bool cli_float(const char *cmd, const char *opt, const char *v, double lo, doubl
 int cli_sampling_option(const char *cmd, int argc, char **argv, int *i, struct peri_sampler_params *sp);
 // The value of option argv[*i] (advances *i); prints an error and returns NULL if missing.
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
+// --sparse-down auto|on|off into mp->sparse_down (enum peri_sparse_down); prints an error and returns false if bad.
+bool cli_sparse_down(const char *cmd, const char *v, struct peri_model_params *mp);
+#define CLI_SPARSE_DOWN_HELP \
+    "  --sparse-down M PLM down projections stored by input for the sparse decode: auto (default: F16/F32/BF16/Q8_0,\n" \
+    "                  and Q4_K/Q6_K where the load's pass finds the activations mostly zero), on (all), off\n"
 
 // The built-in default model folder (see cli.c for where it is looked for), or NULL if it is not there.
 const char *cli_default_model(void);

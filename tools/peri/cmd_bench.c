@@ -108,14 +108,17 @@ int peri_cmd_bench(int argc, char **argv) {
     const char *cmd = "bench", *path = NULL, *out = "md";
     long n_p = 512, n_g = 128, threads = 0, reps = 5, depth = 0;
     bool no_mmap = false, no_repack = false, kv_full = false, warmup = true;
+    struct peri_model_params mp = peri_model_default_params();
     int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fprintf(stderr, "usage: peri bench -m MODEL [-p PROMPT_TOKENS=512] [-n GEN_TOKENS=128] [-t THREADS] [-r REPS=5]\n"
                             "                  [-d DEPTH=0: tokens in the cache before each test] [-o md|json]\n"
-                            "                  [--no-warmup] [--no-mmap] [--no-repack] [--kv-f16 | --kv-f32] [--kv-full]\n"
-                            "  -p 0 or -n 0 skips that test. Tokens/s are the mean and standard deviation over REPS runs.\n");
+                            "                  [--no-warmup] [--no-mmap] [--no-repack] [--sparse-down auto|on|off]\n"
+                            "                  [--kv-f16 | --kv-f32] [--kv-full]\n"
+                            "  -p 0 or -n 0 skips that test. Tokens/s are the mean and standard deviation over REPS runs.\n"
+                            CLI_SPARSE_DOWN_HELP);
             return 0;
         } else if (!strcmp(a, "-m")) { if (!(path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 20, &n_p)) return 1; }
@@ -132,6 +135,9 @@ int peri_cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--no-warmup")) warmup = false;
         else if (!strcmp(a, "--no-mmap")) no_mmap = true;
         else if (!strcmp(a, "--no-repack")) no_repack = true;
+        else if (!strcmp(a, "--sparse-down")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_sparse_down(cmd, v, &mp)) return 1;
+        }
         else if (!strcmp(a, "--kv-full")) kv_full = true;
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
         else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
@@ -140,7 +146,6 @@ int peri_cmd_bench(int argc, char **argv) {
     if (!path) return cli_error(cmd, "no model: give -m MODEL");
     if (n_p == 0 && n_g == 0) return cli_error(cmd, "-p 0 and -n 0 leave nothing to measure");
     if (!threads) threads = peri_physical_cores();
-    struct peri_model_params mp = peri_model_default_params();
     mp.use_mmap = !no_mmap;
     mp.use_repack = !no_repack;
     peri_model *m;

@@ -1,4 +1,5 @@
-// `peri inspect MODEL`: architecture, config, every tensor (name, dtype, shape), file sizes, GGUF metadata.
+// `peri inspect MODEL`: architecture, config, every tensor (name, dtype, shape), file sizes, GGUF metadata; with
+// --repack, the layouts the load chose.
 #include "cli.h"
 
 #include <stdio.h>
@@ -7,12 +8,23 @@
 
 int peri_cmd_inspect(int argc, char **argv) {
     const char *cmd = "inspect", *path = NULL;
+    bool repack = false;
+    struct peri_model_params mp = peri_model_default_params();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fprintf(stderr, "usage: peri inspect MODEL   (a Hugging Face folder or a .gguf file)\n");
+            fprintf(stderr, "usage: peri inspect MODEL [--repack [--sparse-down auto|on|off]]   (a Hugging Face folder or a"
+                            " .gguf file)\n"
+                            "  --repack        load as the other commands do, rearranging weights for the kernels, and\n"
+                            "                  report the layouts chosen (default: the file's, without spending the time)\n"
+                            CLI_SPARSE_DOWN_HELP);
             return 0;
         } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
             if (!(path = cli_value(cmd, argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--repack")) {
+            repack = true;
+        } else if (!strcmp(argv[i], "--sparse-down")) {
+            const char *v = cli_value(cmd, argc, argv, &i);
+            if (!v || !cli_sparse_down(cmd, v, &mp)) return 1;
         } else if (argv[i][0] == '-') {
             return cli_error(cmd, "unknown option '%s'", argv[i]);
         } else {
@@ -21,8 +33,7 @@ int peri_cmd_inspect(int argc, char **argv) {
     }
     if (!path) return cli_error(cmd, "no model: usage: peri inspect MODEL");
     peri_model *m;
-    struct peri_model_params mp = peri_model_default_params();
-    mp.use_repack = false; // show the file's types (and do not spend the time)
+    mp.use_repack = repack;   // by default the file's types (and no time spent)
     if (peri_model_load(path, mp, &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
     int64_t need = -peri_model_describe(m, NULL, 0);
     char *buf = need > 0 ? malloc((size_t)need) : NULL;

@@ -30,6 +30,7 @@ static void usage(void) {
             "                  references to 1e-5)\n"
             "  --no-repack     use the file's weight layout as it is (default: Q4_0 rows of whole 512-value groups\n"
             "                  are rearranged at load for the kernels; the results differ only in rounding)\n"
+            CLI_SPARSE_DOWN_HELP
             "  -t N            threads (default: physical cores)\n");
 }
 
@@ -70,6 +71,7 @@ int peri_cmd_logits(int argc, char **argv) {
     int kv_type = PERI_KV_DEFAULT;
     long threads = 0;
     int attn = PERI_ATTN_SDPA;
+    struct peri_model_params mp = peri_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
@@ -83,6 +85,10 @@ int peri_cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--dag")) dag = true;
         else if (!strcmp(a, "--kv-full")) kv_full = true;
         else if (!strcmp(a, "--no-repack")) no_repack = true;
+        else if (!strcmp(a, "--sparse-down")) {
+            const char *v = cli_value(cmd, argc, argv, &i);
+            if (!v || !cli_sparse_down(cmd, v, &mp)) return 1;
+        }
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
         else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
         else if (!strcmp(a, "--attn")) {
@@ -114,7 +120,6 @@ int peri_cmd_logits(int argc, char **argv) {
     peri_context *ctx = NULL;
     FILE *f = NULL;
     peri_token *all = NULL;
-    struct peri_model_params mp = peri_model_default_params();
     mp.use_repack = !no_repack;
     if (peri_model_load(model_path, mp, &model) != PERI_OK) { cli_lib_error(cmd, "cannot load the model"); goto done; }
     if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
