@@ -484,6 +484,11 @@ static void check_long_prompt(void) {
         CHECK(strstr(peri_last_error(), "kv_type") != NULL);
         free(one), free(one_s);
         peri_model_free(m);
+        struct peri_model_params badm = peri_model_default_params();
+        badm.sparse_down = 3;
+        m = (peri_model *)1;
+        CHECKF(peri_model_load(dir, badm, &m) == PERI_E_ARG && !m, "sparse_down 3 must be refused");
+        CHECK(strstr(peri_last_error(), "sparse_down is 3") != NULL);
     }
     char p[512];
     snprintf(p, sizeof p, "%s/config.json", dir);

@@ -598,7 +598,7 @@ struct t_job {
     int64_t m, K, n;
     int x_type;                       // up to peri_t_sparse_rows: what x is rounded to (peri_t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
-    char *panels;                     // prefill: per thread, a panel of the base type's rows
+    char *panels;                     // prefill: per thread, a chunk of T_CHUNK_ROWS of the base type's rows
     size_t pstride;
 };
 

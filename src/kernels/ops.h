@@ -47,8 +47,9 @@ void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri
 // with 91% of x zero, up to 32 rows of them beat the panels below, whose conversion back costs 3-9 ms per 2048 x 8192
 // matrix; docs/kernels.md "Session 16"): the threads split the input groups and their partial sums are added,
 // PERI_T_DECODE_ROWS rows at a time. More rows: for Q8_0_T where the level's Q8_0 kernel for n rows takes
-// float x, the level's GEMM straight from the layout (q8t_mm); else each thread turns panels of peri_t_panel weight
-// rows back into the base type's rows and multiplies them with the level's kernel. Scratch from the pool
+// float x, the level's GEMM straight from the layout (q8t_mm); else each thread turns its share of the weight rows
+// (whole panels of peri_t_panel) back into the base type's rows, 256 at a time, and multiplies them with the level's
+// kernel. Scratch from the pool
 // (peri_matmul_reserve sizes it); without it, peri_t_nn on the caller. Allocates nothing.
 #define PERI_T_DECODE_ROWS 16
 #define PERI_T_SPARSE_ROWS 64

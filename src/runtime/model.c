@@ -147,6 +147,9 @@ static int repack_weights(peri_model *m) {
 int peri_model_load(const char *path, struct peri_model_params params, peri_model **out) {
     *out = NULL;
     if (!path || !*path) return peri_fail(PERI_E_ARG, "no model path given");
+    if (params.sparse_down < PERI_SPARSE_DOWN_AUTO || params.sparse_down > PERI_SPARSE_DOWN_OFF)
+        return peri_fail(PERI_E_ARG, "peri_model_params.sparse_down is %d: use PERI_SPARSE_DOWN_AUTO, _ON or _OFF",
+                         (int)params.sparse_down);
     peri_model *m = calloc(1, sizeof *m);
     if (!m) return peri_fail(PERI_E_NOMEM, "out of memory");
     m->params = params;
