@@ -392,8 +392,8 @@ static void test_t_level(peri_pool *pool) {
         {64, 256, 1, 0},    {128, 512, 2, 50},  {64, 768, 3, 90},   {192, 2560, 4, 90}, {256, 1024, 1, 100},
         {64, 256, 5, 50},   {128, 512, 13, 0},  {2112, 512, 1, 90}, {2112, 256, 3, 50},   // column chunks
         {64, 256, 70, 90},  {192, 512, 66, 50}, {128, 768, 40, 90}, {64, 512, 2, -1},
-        {128, 512, 29, 90}, {1600, 256, 37, 50}, {0, 0, 0, 0}};   // 29: the sparse kernel, two passes of partial
-                                                                  // sums; 1600 rows: chunks of 256 and a rest
+        {128, 512, 22, 90}, {128, 512, 29, 90}, {1600, 256, 70, 50}, {0, 0, 0, 0}};   // 22: the sparse kernel, two
+    // passes of partial sums; 29: Q4_K_T sparse, Q6_K_T chunks; 1600 rows: chunks of 256 and a rest
     const int types[] = {PERI_TYPE_Q8_0_T, PERI_TYPE_Q4_K_T, PERI_TYPE_Q6_K_T};
     int bad = 0;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0] && !bad; ti++) {

@@ -538,7 +538,7 @@ void peri_t_nn(int t_type, float *y, int64_t ldy, const float *x, int64_t ldx, c
 }
 
 int64_t peri_t_sparse_rows(int t_type) {
-    return t_type == PERI_TYPE_Q8_0_T ? PERI_T_SPARSE_ROWS : PERI_T_SPARSE_ROWS_K;
+    return t_type == PERI_TYPE_Q6_K_T ? PERI_T_SPARSE_ROWS_Q6_K : PERI_T_SPARSE_ROWS;
 }
 
 // ---- few rows of a weight stored by its inputs: the inputs split over the threads ------------------------------

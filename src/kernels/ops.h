@@ -44,16 +44,15 @@ void peri_matmul_by_inputs(peri_pool *pool, float *y, const float *x, const peri
 // the level's kernel for the base type and n rows quantizes it (Q8_0, Q8_K; not in exact mode), else float. Up to
 // peri_t_sparse_rows(type) x rows go through peri_t_nn, which reads only the code rows of inputs non-zero in some x
 // row of its 4 (Q8_0_T) or in its one x row (the integer Q4_K_T and Q6_K_T kernels, which take one row at a time:
-// with 91% of x zero, up to 32 rows of them beat the panels below, whose conversion back costs 3-9 ms per 2048 x 8192
-// matrix; docs/kernels.md "Session 16"): the threads split the input groups and their partial sums are added,
-// PERI_T_DECODE_ROWS rows at a time. More rows: for Q8_0_T where the level's Q8_0 kernel for n rows takes
+// with 91% of x zero they beat the chunks below up to 64 rows for Q4_K_T and 24 for Q6_K_T; docs/kernels.md "Session
+// 16"): the threads split the input groups and their partial sums are added, PERI_T_DECODE_ROWS rows at a time. More rows: for Q8_0_T where the level's Q8_0 kernel for n rows takes
 // float x, the level's GEMM straight from the layout (q8t_mm); else each thread turns its share of the weight rows
 // (whole panels of peri_t_panel) back into the base type's rows, 256 at a time, and multiplies them with the level's
 // kernel. Scratch from the pool
 // (peri_matmul_reserve sizes it); without it, peri_t_nn on the caller. Allocates nothing.
 #define PERI_T_DECODE_ROWS 16
-#define PERI_T_SPARSE_ROWS 64
-#define PERI_T_SPARSE_ROWS_K 32
+#define PERI_T_SPARSE_ROWS 64        // Q8_0_T, Q4_K_T
+#define PERI_T_SPARSE_ROWS_Q6_K 24
 int64_t peri_t_sparse_rows(int t_type);
 void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor *W, int64_t n);
 // y[i][j] = sum_{k < G g} x[i * ldx + k] C[k][j] for i < n, j < m (y rows ldy apart, overwritten), C the weight rows
