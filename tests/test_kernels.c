@@ -353,7 +353,7 @@ static void test_by_inputs_level(peri_pool *pool) {
             for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < shapes[si][3] ? 0.0f : frand();
             const peri_tensor C = {.name = "c", .type = type, .n_dims = 2, .shape = {K, m}, .data = c,
                                    .nbytes = esz * (size_t)(K * m)};
-            CHECK(peri_matmul_reserve(pool, K > m ? K : m, n) == PERI_OK);
+            CHECK(peri_matmul_reserve(pool, K > m ? K : m, n, peri_by_inputs_bit(type)) == PERI_OK);
             peri_pool *pools[] = {pool, bare, NULL};
             for (int pi = 0; pi < 3 && !bad; pi++) {
                 for (int64_t i = 0; i < n * m; i++) y[i] = 777.0f;   // overwritten, not added to
@@ -435,7 +435,7 @@ static void test_t_level(peri_pool *pool) {
             for (int64_t i = 0; i < n * K; i++) x[i] = shapes[si][3] < 0 ? 1.0f : irand(0, 99) < shapes[si][3] ? 0.0f : frand();
             const peri_tensor W = {.name = "t", .type = tt, .n_dims = 2, .shape = {m, K}, .data = wt, .nbytes = bytes};
             float *y = malloc(sizeof(float) * (size_t)(n * m)), *xd = malloc(sizeof(float) * (size_t)K);
-            CHECK(peri_matmul_reserve(pool, K, n) == PERI_OK);
+            CHECK(peri_matmul_reserve(pool, K, n, peri_by_inputs_bit(tt)) == PERI_OK);
             for (int pass = 0; pass < 2 && !bad; pass++) {
                 peri_pool *pl = pass ? pool : NULL;
                 for (int64_t i = 0; i < n * m; i++) y[i] = 12345.0f;
@@ -800,7 +800,7 @@ static void test_modes_level(peri_pool *pool) {
         CHECKF(check_matmul(pool, types[t], 3, 16384 * 2, 2, 0, 0), "long rows %s at %s", peri_type_name(types[t]), lvl);
     }
     peri_pool *p2 = peri_pool_new(2);
-    CHECK(peri_matmul_reserve(p2, 2048, 40) == PERI_OK);
+    CHECK(peri_matmul_reserve(p2, 2048, 40, 0) == PERI_OK);
     size_t sz = peri_pool_scratch_size(p2);
     CHECK(sz >= 40 * 2336);
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
@@ -808,6 +808,16 @@ static void test_modes_level(peri_pool *pool) {
     // The generic path (dequantized rows in the scratch) with a type that has no kernel: Q8_1 weights.
     CHECKF(check_matmul(p2, PERI_TYPE_Q8_1, 45, 256, 20, 1, 1), "generic path with scratch at %s", lvl);
     CHECK(peri_pool_scratch_size(p2) == sz); // matmuls never grow it
+    // The T layouts' prefill scratch (256-row chunks of the base type per thread) only when asked for.
+    peri_pool *p3 = peri_pool_new(2);
+    const size_t chunks = (size_t)2 * 256 * peri_row_size(PERI_TYPE_Q4_K, 8192);
+    CHECK(peri_matmul_reserve(p3, 8192, 2, peri_by_inputs_bit(PERI_TYPE_F16)) == PERI_OK);
+    CHECK(peri_pool_scratch_size(p3) < chunks);
+    CHECK(peri_matmul_reserve(p3, 8192, 2, peri_by_inputs_bit(PERI_TYPE_Q4_K_T)) == PERI_OK);
+    CHECK(peri_pool_scratch_size(p3) >= chunks);
+    CHECK(peri_by_inputs_bit(PERI_TYPE_Q4_K_T) != peri_by_inputs_bit(PERI_TYPE_Q6_K_T) &&
+          peri_by_inputs_bit(PERI_TYPE_F16) == peri_by_inputs_bit(PERI_TYPE_F32));
+    peri_pool_free(p3);
     peri_pool_free(p2);
 }
 
@@ -980,7 +990,7 @@ static int bench(int argc, char **argv) {
     size_t rs = peri_row_size(type, K), wb = rs * (size_t)M;
     int nmat = (int)(mb * 1e6 / (double)wb) + 1;
     peri_pool *pool = peri_pool_new(th);
-    peri_matmul_reserve(pool, K, n);
+    peri_matmul_reserve(pool, K, n, 0);
     char *w = malloc(wb * (size_t)nmat);
     float *x = malloc(sizeof(float) * (size_t)(n * K)), *y = malloc(sizeof(float) * (size_t)(n * M));
     float *row = malloc(sizeof(float) * (size_t)K);

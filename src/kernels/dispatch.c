@@ -370,7 +370,12 @@ static size_t t_prefill_bytes(int nth, size_t xbytes, size_t panel) {
     return t_align(xbytes) + (size_t)nth * t_align(panel);
 }
 
-int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
+unsigned peri_by_inputs_bit(int type) {
+    const int kind = peri_t_kind(type);
+    return 1u << (kind >= 0 ? kind : PERI_T_KINDS);
+}
+
+int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n, unsigned by_inputs) {
     if (!pool || max_K <= 0 || max_n <= 0) return PERI_OK;
     if (max_K > ((int64_t)1 << 32) || max_n > ((int64_t)1 << 32))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld): beyond the size limits",
@@ -385,15 +390,18 @@ int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n) {
     const int nth = peri_pool_size(pool);
     double need = (double)xb * (double)max_n, gen = (double)generic_bytes(nth, max_K);
     if (gen > need) need = gen;
-    // peri_matmul_t: quantized x plus a panel per thread, or the threads' partial sums
+    // peri_matmul_t: quantized x plus a chunk of rows per thread, or the threads' partial sums
     size_t panel = 0;
     for (int t = PERI_TYPE_Q8_0_T; t <= PERI_TYPE_Q6_K_T; t++)
-        if (t_panel_bytes(t, Kr) > panel) panel = t_panel_bytes(t, Kr);
-    const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel);
-    if (tp > need) need = tp;
+        if ((by_inputs & peri_by_inputs_bit(t)) && t_panel_bytes(t, Kr) > panel) panel = t_panel_bytes(t, Kr);
+    if (panel) {
+        const double tp = (double)t_prefill_bytes(nth, xb * (size_t)max_n, panel);
+        if (tp > need) need = tp;
+    }
     // the threads' partial sums of a few rows (outputs up to max_K): peri_matmul_t, peri_matmul_by_inputs
-    const int64_t pass = PERI_T_DECODE_ROWS > PERI_NN_SPARSE_ROWS ? PERI_T_DECODE_ROWS : PERI_NN_SPARSE_ROWS;
-    if ((double)split_bytes(nth, pass, max_K) > need) need = (double)split_bytes(nth, pass, max_K);
+    int64_t pass = by_inputs & peri_by_inputs_bit(PERI_TYPE_F32) ? PERI_NN_SPARSE_ROWS : 0;
+    if (panel && PERI_T_DECODE_ROWS > pass) pass = PERI_T_DECODE_ROWS;
+    if (by_inputs && (double)split_bytes(nth, pass, max_K) > need) need = (double)split_bytes(nth, pass, max_K);
     if (need > (double)((size_t)1 << 40))
         return peri_fail(PERI_E_NOMEM, "peri_matmul_reserve(K=%lld, n=%lld) would need %.3g bytes of scratch",
                          (long long)max_K, (long long)max_n, need);

@@ -138,10 +138,14 @@ void peri_kernels_set_exact(bool exact);
 bool peri_kernels_exact(void);
 
 // Sizes the pool's scratch (peri_pool_reserve) for matmuls of up to max_n rows of up to max_K values, so that
-// peri_matmul never allocates: call it at set-up (context init). Without it (or with pool == NULL), matmuls
-// on quantized weights still allocate nothing: they quantize x in chunks of a 32 KiB stack buffer, which
-// costs some speed for n > 1. Returns PERI_OK or a negative status.
-int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n);
+// peri_matmul never allocates: call it at set-up (context init). by_inputs: the weights stored by their inputs that
+// the caller multiplies too (peri_matmul_t, peri_matmul_by_inputs), as an OR of peri_by_inputs_bit(type) of each (0:
+// none; their scratch, up to a few MiB, is then not reserved). Without it (or with pool == NULL), matmuls on quantized
+// weights still allocate nothing: they quantize x in chunks of a 32 KiB stack buffer, which costs some speed for n > 1,
+// and those by inputs run on the caller alone. Returns PERI_OK or a negative status.
+int peri_matmul_reserve(peri_pool *pool, int64_t max_K, int64_t max_n, unsigned by_inputs);
+// peri_matmul_reserve's bit for a weight stored by its inputs: a T layout type, or F32/F16/BF16 (peri_matmul_by_inputs).
+unsigned peri_by_inputs_bit(int type);
 
 // Read bandwidth in GB/s (1e9 bytes/s) of a streaming sum over a `bytes` buffer with all pool threads,
 // best of a few runs; a negative status if the buffer cannot be allocated.

@@ -422,7 +422,7 @@ static int pldr_ctx_init(peri_context *c) {
             memcpy(x->g_G + s * gsz, p->fixed_G, sizeof(float) * gsz);
         }
     // Scratch for the matmuls' quantized activations, so the forward allocates nothing (docs/kernels.md).
-    return peri_matmul_reserve(c->pool, p->F > p->D ? p->F : p->D, x->N);
+    return peri_matmul_reserve(c->pool, p->F > p->D ? p->F : p->D, x->N, 0);
 }
 
 static void pldr_seq_clear(peri_context *c, int32_t seq) {

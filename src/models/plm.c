@@ -618,7 +618,10 @@ static int plm_ctx_init(peri_context *c) {
     // Scratch for the matmuls' quantized activations, so the forward allocates nothing (docs/kernels.md).
     int64_t kmax = D > p->n_ff ? D : p->n_ff;
     if (H * p->vdim > kmax) kmax = H * p->vdim;
-    return peri_matmul_reserve(c->pool, kmax, N);
+    unsigned by_inputs = 0;   // the down projections rearranged at load (or by the prepare pass, before this)
+    for (int l = 0; l < p->n_layer; l++)
+        if (p->layers[l].down == &p->layers[l].down_tt) by_inputs |= peri_by_inputs_bit(p->layers[l].down->type);
+    return peri_matmul_reserve(c->pool, kmax, N, by_inputs);
 }
 
 // ---- forward ------------------------------------------------------------------------------------------
