@@ -244,18 +244,23 @@ static bool down_can_sparse(const struct plm_model *p, int l, bool *measured) {
 
 // Rearranges the down projections of the layers with pick[l] set (and not rearranged yet).
 static int transpose_down(peri_model *m, struct plm_model *p, const bool *pick) {
-    void **bufs = peri_model_alloc(m, sizeof(void *) * (size_t)p->n_layer);
-    if (!bufs) return PERI_E_NOMEM;
+    void **bufs = calloc((size_t)p->n_layer, sizeof(void *));   // the buffers themselves live with the model
+    if (!bufs) return peri_fail(PERI_E_NOMEM, "rearranging the down projections: out of memory");
     int any = 0;
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         if (!pick[l] || L->down == &L->down_tt) continue;
-        if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes)))
+        if (peri_weights_mapped(&m->w, L->down) && !(bufs[l] = peri_model_alloc(m, L->down->nbytes))) {
+            free(bufs);
             return peri_fail_prefix(PERI_E_NOMEM, "transposing '%s': ", L->down->name);
+        }
         L->down_tt = *L->down;   // the file's tensor until transpose_task is done with it
         L->down = &L->down_tt, any = 1;
     }
-    if (!any) return PERI_OK;
+    if (!any) {
+        free(bufs);
+        return PERI_OK;
+    }
     struct transpose_job J = {.m = m, .p = p, .bufs = bufs};
     peri_pool *pool = peri_pool_new(m->params.n_threads);
     if (pool) {
@@ -264,8 +269,10 @@ static int transpose_down(peri_model *m, struct plm_model *p, const bool *pick) 
     } else {
         transpose_task(&J, 0, 1);
     }
-    if (atomic_load(&J.rc))
+    if (atomic_load(&J.rc)) {
+        free(bufs);
         return peri_fail(PERI_E_NOMEM, "rearranging the down projections: cannot allocate a copy of one");
+    }
     for (int l = 0; l < p->n_layer; l++) {
         struct plm_layer *L = &p->layers[l];
         if (L->down != &L->down_tt) continue;
@@ -274,6 +281,7 @@ static int transpose_down(peri_model *m, struct plm_model *p, const bool *pick) 
         if (tt >= 0) L->down_tt.type = tt;   // shape stays [D][n_ff]
         else L->down_tt.shape[0] = p->n_ff, L->down_tt.shape[1] = p->n_embd;
     }
+    free(bufs);
     return PERI_OK;
 }
 
@@ -379,13 +387,15 @@ static int plm_load(peri_model *m) {
     }
 
     if (m->params.use_repack && m->params.sparse_down != PERI_SPARSE_DOWN_OFF) {
-        bool *pick = peri_model_alloc(m, sizeof(bool) * (size_t)p->n_layer);
-        if (!pick) return PERI_E_NOMEM;
+        bool *pick = calloc((size_t)p->n_layer, sizeof(bool));
+        if (!pick) return peri_fail(PERI_E_NOMEM, "'%s': out of memory", m->w.path);
         for (int l = 0; l < p->n_layer; l++) {
             bool measured;
             pick[l] = down_can_sparse(p, l, &measured) && (!measured || m->params.sparse_down == PERI_SPARSE_DOWN_ON);
         }
-        if ((rc = transpose_down(m, p, pick))) return rc;
+        rc = transpose_down(m, p, pick);
+        free(pick);
+        if (rc) return rc;
     }
 
     m->n_vocab = (int32_t)p->n_vocab;
@@ -452,8 +462,8 @@ static int plm_prepare(peri_model *m) {
     const struct peri_batch b = {.n_seq = 1, .n_tokens = (int32_t)n, .seq_ids = &seq, .tokens = toks};
     rc = peri_decode(c, &b);
     peri_context_free(c);
-    float *share = rc ? NULL : peri_model_alloc(m, sizeof(float) * (size_t)p->n_layer);
-    bool *pick = share ? peri_model_alloc(m, sizeof(bool) * (size_t)p->n_layer) : NULL;
+    float *share = rc ? NULL : peri_model_alloc(m, sizeof(float) * (size_t)p->n_layer);   // for plm_describe
+    bool *pick = share ? calloc((size_t)p->n_layer, sizeof(bool)) : NULL;
     if (!rc && !pick) rc = PERI_E_NOMEM;
     for (int l = 0; !rc && l < p->n_layer; l++) {
         bool measured;
@@ -463,7 +473,9 @@ static int plm_prepare(peri_model *m) {
     free(zeros);
     if (rc) return peri_fail_prefix(rc, "measuring the activations for sparse_down auto: ");
     p->zero_share = share;
-    return transpose_down(m, p, pick);
+    rc = transpose_down(m, p, pick);
+    free(pick);
+    return rc;
 }
 
 static void plm_describe(const peri_model *m, peri_strbuf *sb) {
