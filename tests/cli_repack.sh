@@ -125,4 +125,16 @@ done
 "$P" logits -m "$tmp/k.gguf" --ids 1 --sparse-down sometimes 2> "$tmp/err.txt"
 ok test $? -ne 0
 ok grep -q -- '--sparse-down wants auto, on or off, not "sometimes"' "$tmp/err.txt"
+# Every command that loads a model takes the load options (tools/peri/cli.c, cli_model_option).
+for c in "run -p ab" "chat -p ab" "serve" "eval --task arc_easy --data $tmp" "perplexity -f $tmp/plm.json" "bench"; do
+    "$P" $c -m "$tmp/k.gguf" --sparse-down never 2> "$tmp/err.txt"
+    ok test $? -ne 0
+    ok grep -q -- '--sparse-down wants auto, on or off, not "never"' "$tmp/err.txt"
+done
+ok "$P" run -m "$tmp/ks.gguf" -p ab -n 4 --temp 0 --print-ids --sparse-down off > "$tmp/g-off.txt"
+ok "$P" run -m "$tmp/ks.gguf" -p ab -n 4 --temp 0 --print-ids --sparse-down off --no-mmap > "$tmp/g-nommap.txt"
+ok cmp "$tmp/g-off.txt" "$tmp/g-nommap.txt"
+ok "$P" run -m "$tmp/ks.gguf" -p ab -n 4 --temp 0 --print-ids --no-repack > "$tmp/g-file.txt"
+ok cmp "$tmp/g-off.txt" "$tmp/g-file.txt"
+ok "$P" perplexity -m "$tmp/ks.gguf" -f "$tmp/plm.json" --ctx 16 --sparse-down on --no-mmap > "$tmp/ppl.txt"
 finish

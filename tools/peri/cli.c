@@ -79,15 +79,25 @@ bool cli_float(const char *cmd, const char *opt, const char *v, double lo, doubl
     return true;
 }
 
-bool cli_sparse_down(const char *cmd, const char *v, struct peri_model_params *mp) {
-    if (!strcmp(v, "auto")) mp->sparse_down = PERI_SPARSE_DOWN_AUTO;
-    else if (!strcmp(v, "on")) mp->sparse_down = PERI_SPARSE_DOWN_ON;
-    else if (!strcmp(v, "off")) mp->sparse_down = PERI_SPARSE_DOWN_OFF;
-    else {
-        cli_error(cmd, "--sparse-down wants auto, on or off, not \"%s\"", v);
-        return false;
+int cli_model_option(const char *cmd, int argc, char **argv, int *i, struct peri_model_params *mp) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "--no-mmap")) {
+        mp->use_mmap = false;
+    } else if (!strcmp(a, "--no-repack")) {
+        mp->use_repack = false;
+    } else if (!strcmp(a, "--sparse-down")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "auto")) mp->sparse_down = PERI_SPARSE_DOWN_AUTO;
+        else if (!strcmp(v, "on")) mp->sparse_down = PERI_SPARSE_DOWN_ON;
+        else if (!strcmp(v, "off")) mp->sparse_down = PERI_SPARSE_DOWN_OFF;
+        else {
+            cli_error(cmd, "--sparse-down wants auto, on or off, not \"%s\"", v);
+            return -1;
+        }
+    } else {
+        return 0;
     }
-    return true;
+    return 1;
 }
 
 const char *cli_value(const char *cmd, int argc, char **argv, int *i) {

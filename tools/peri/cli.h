@@ -47,9 +47,13 @@ bool cli_float(const char *cmd, const char *opt, const char *v, double lo, doubl
 int cli_sampling_option(const char *cmd, int argc, char **argv, int *i, struct peri_sampler_params *sp);
 // The value of option argv[*i] (advances *i); prints an error and returns NULL if missing.
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
-// --sparse-down auto|on|off into mp->sparse_down (enum peri_sparse_down); prints an error and returns false if bad.
-bool cli_sparse_down(const char *cmd, const char *v, struct peri_model_params *mp);
-#define CLI_SPARSE_DOWN_HELP \
+// How every command that loads a model loads it (peri_model_params): --no-mmap, --no-repack, --sparse-down M.
+// 1 if argv[*i] was one (its value consumed into mp), 0 if it is another option, -1 on a bad value (printed).
+int cli_model_option(const char *cmd, int argc, char **argv, int *i, struct peri_model_params *mp);
+#define CLI_MODEL_HELP \
+    "  --no-mmap       read the weights into memory instead of mapping the file\n" \
+    "  --no-repack     use the file's weight layout as it is (default: Q4_0 rows of whole 512-value groups, and\n" \
+    "                  PLM down projections stored by input as --sparse-down says)\n" \
     "  --sparse-down M PLM down projections stored by input for the sparse decode: auto (default: F16/F32/BF16/Q8_0,\n" \
     "                  and Q4_K/Q6_K where the load's pass finds the activations mostly zero), on (all), off\n"
 

@@ -107,9 +107,9 @@ static void print_json(const char *path, const char *arch, int64_t size, long n_
 int peri_cmd_bench(int argc, char **argv) {
     const char *cmd = "bench", *path = NULL, *out = "md";
     long n_p = 512, n_g = 128, threads = 0, reps = 5, depth = 0;
-    bool no_mmap = false, no_repack = false, kv_full = false, warmup = true;
+    bool kv_full = false, warmup = true;
     struct peri_model_params mp = peri_model_default_params();
-    int kv_type = PERI_KV_DEFAULT;
+    int kv_type = PERI_KV_DEFAULT, mo;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -118,7 +118,7 @@ int peri_cmd_bench(int argc, char **argv) {
                             "                  [--no-warmup] [--no-mmap] [--no-repack] [--sparse-down auto|on|off]\n"
                             "                  [--kv-f16 | --kv-f32] [--kv-full]\n"
                             "  -p 0 or -n 0 skips that test. Tokens/s are the mean and standard deviation over REPS runs.\n"
-                            CLI_SPARSE_DOWN_HELP);
+                            CLI_MODEL_HELP);
             return 0;
         } else if (!strcmp(a, "-m")) { if (!(path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-p")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 20, &n_p)) return 1; }
@@ -133,11 +133,7 @@ int peri_cmd_bench(int argc, char **argv) {
                 return cli_error(cmd, "-o %s: the output formats are md (a table) and json", out);
         }
         else if (!strcmp(a, "--no-warmup")) warmup = false;
-        else if (!strcmp(a, "--no-mmap")) no_mmap = true;
-        else if (!strcmp(a, "--no-repack")) no_repack = true;
-        else if (!strcmp(a, "--sparse-down")) {
-            if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_sparse_down(cmd, v, &mp)) return 1;
-        }
+        else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else if (!strcmp(a, "--kv-full")) kv_full = true;
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
         else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
@@ -146,8 +142,7 @@ int peri_cmd_bench(int argc, char **argv) {
     if (!path) return cli_error(cmd, "no model: give -m MODEL");
     if (n_p == 0 && n_g == 0) return cli_error(cmd, "-p 0 and -n 0 leave nothing to measure");
     if (!threads) threads = peri_physical_cores();
-    mp.use_mmap = !no_mmap;
-    mp.use_repack = !no_repack;
+    mp.n_threads = (int32_t)threads;
     peri_model *m;
     if (peri_model_load(path, mp, &m) != PERI_OK) return cli_lib_error(cmd, "cannot load the model");
     const char *arch = peri_model_arch(m);

@@ -30,6 +30,7 @@ static void usage(FILE *f) {
             "  --chat-template FILE  use this Jinja template instead of the model's\n"
             "  --kv-f16 / --kv-f32 / --kv-full   PLM cache type and layout, as `peri run`\n"
             "  --verbose-prompt  print each turn's prompt ids (the part fed to the model) to stderr\n"
+            CLI_MODEL_HELP
             "  -t N            threads (default: physical cores)\n"
             "When the conversation no longer fits in the context, the oldest exchanges are dropped (the system\n"
             "prompt stays) and the rest is processed again.\n");
@@ -245,7 +246,8 @@ int peri_cmd_chat(int argc, char **argv) {
     const char *cmd = "chat", *model_path = NULL, *first = NULL, *sys = NULL, *tmpl_path = NULL;
     long n_predict = -1, threads = 0, n_ctx = 0;
     struct peri_sampler_params sp = peri_sampler_default_params();
-    int so;
+    struct peri_model_params mp = peri_model_default_params();
+    int so, mo;
     bool verbose = false, kv_full = false;
     int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
@@ -258,6 +260,7 @@ int peri_cmd_chat(int argc, char **argv) {
         else if (!strcmp(a, "--chat-template")) { if (!(tmpl_path = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, -1, 1 << 20, &n_predict)) return 1; }
         else if ((so = cli_sampling_option(cmd, argc, argv, &i, &sp)) != 0) { if (so < 0) return 1; }
+        else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else if (!strcmp(a, "--ctx") || !strcmp(a, "-c")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 16, 1 << 20, &n_ctx)) return 1; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 1, 256, &threads)) return 1; }
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
@@ -271,7 +274,8 @@ int peri_cmd_chat(int argc, char **argv) {
     struct chat c = {.cmd = cmd, .n_predict = n_predict, .verbose = verbose};
     int rc = 1;
     char *line = NULL;
-    if (peri_model_load(model_path, peri_model_default_params(), &c.model) != PERI_OK) {
+    mp.n_threads = (int32_t)threads;
+    if (peri_model_load(model_path, mp, &c.model) != PERI_OK) {
         cli_lib_error(cmd, "cannot load the model");
         goto done;
     }

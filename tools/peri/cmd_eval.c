@@ -12,6 +12,7 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: peri eval -m MODEL --task TASK[,TASK...] --data DIR [--limit N] [--out results.json]\n"
                "                 [--ctx N] [--parallel N] [--one-forward] [--bos] [--kv-f32] [-t THREADS]\n"
+               "                 [--no-mmap] [--no-repack] [--sparse-down auto|on|off]\n"
                "  TASK          %s (or all)\n"
                "  --data DIR    the folder of ../shared/data/eval (jsonl files, hellaswag_val_full.txt[.bz2])\n"
                "  --limit N     score the first N documents of each task\n"
@@ -22,7 +23,8 @@ static void usage(FILE *f) {
                "                (default: the context once, its caches - and PLDR-LLM's G - reused for every choice)\n"
                "  --bos         prepend BOS to every context (the harness's add_bos_token)\n"
                "  --kv-f32      PLM: cache in float32 (default f16, as llama.cpp; scores then differ from a float32\n"
-               "                reference by the f16 rounding of the cached latents)\n",
+               "                reference by the f16 rounding of the cached latents)\n"
+               CLI_MODEL_HELP,
             peri_task_names());
 }
 
@@ -82,6 +84,8 @@ int peri_cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *tasks = NULL, *data = NULL, *out = NULL;
     struct peri_eval_params ep = peri_eval_default_params();
     long limit = 0, v;
+    struct peri_model_params mp = peri_model_default_params();
+    int mo;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -104,6 +108,7 @@ int peri_cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--bos")) ep.add_bos = true;
         else if (!strcmp(a, "--kv-f32")) ep.kv_type = PERI_KV_F32;
         else if (!strcmp(a, "--kv-f16")) ep.kv_type = PERI_KV_F16;
+        else if ((mo = cli_model_option("eval", argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else return cli_error("eval", "unknown option '%s' (see peri eval --help)", a);
     }
     if (!model_path || !tasks || !data) {
@@ -119,7 +124,8 @@ int peri_cmd_eval(int argc, char **argv) {
         names[n_tasks++] = s;
     }
     peri_model *m;
-    if (peri_model_load(model_path, peri_model_default_params(), &m)) return cli_lib_error("eval", "cannot load the model");
+    mp.n_threads = ep.n_threads;
+    if (peri_model_load(model_path, mp, &m)) return cli_lib_error("eval", "cannot load the model");
     peri_eval_ctx *e;
     if (peri_eval_init(m, &ep, &e)) {
         peri_model_free(m);

@@ -10,21 +10,23 @@ int peri_cmd_inspect(int argc, char **argv) {
     const char *cmd = "inspect", *path = NULL;
     bool repack = false;
     struct peri_model_params mp = peri_model_default_params();
+    int mo;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fprintf(stderr, "usage: peri inspect MODEL [--repack [--sparse-down auto|on|off]]   (a Hugging Face folder or a"
-                            " .gguf file)\n"
+            fprintf(stderr, "usage: peri inspect MODEL [--repack [--sparse-down auto|on|off]] [--no-mmap]   (a Hugging Face"
+                            " folder or a .gguf file)\n"
                             "  --repack        load as the other commands do, rearranging weights for the kernels, and\n"
                             "                  report the layouts chosen (default: the file's, without spending the time)\n"
-                            CLI_SPARSE_DOWN_HELP);
+                            CLI_MODEL_HELP);
             return 0;
         } else if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
             if (!(path = cli_value(cmd, argc, argv, &i))) return 1;
         } else if (!strcmp(argv[i], "--repack")) {
             repack = true;
-        } else if (!strcmp(argv[i], "--sparse-down")) {
-            const char *v = cli_value(cmd, argc, argv, &i);
-            if (!v || !cli_sparse_down(cmd, v, &mp)) return 1;
+        } else if (!strcmp(argv[i], "--no-repack")) {
+            repack = false;
+        } else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) {
+            if (mo < 0) return 1;
         } else if (argv[i][0] == '-') {
             return cli_error(cmd, "unknown option '%s'", argv[i]);
         } else {

@@ -28,9 +28,7 @@ static void usage(void) {
             "  --kv-full       PLM: cache expanded keys and values instead of the latent\n"
             "  --kv-f16 / --kv-f32  PLM cache element type (default f16, as llama.cpp; f32 reproduces float64\n"
             "                  references to 1e-5)\n"
-            "  --no-repack     use the file's weight layout as it is (default: Q4_0 rows of whole 512-value groups\n"
-            "                  are rearranged at load for the kernels; the results differ only in rounding)\n"
-            CLI_SPARSE_DOWN_HELP
+            CLI_MODEL_HELP
             "  -t N            threads (default: physical cores)\n");
 }
 
@@ -67,10 +65,10 @@ static int write_deductive(peri_context *ctx, const peri_model *model, const cha
 
 int peri_cmd_logits(int argc, char **argv) {
     const char *cmd = "logits", *model_path = NULL, *ids_s = NULL, *dec_s = NULL, *out_path = NULL, *ded_path = NULL, *ext_g = NULL;
-    bool no_cache = false, dag = false, kv_full = false, no_repack = false;
+    bool no_cache = false, dag = false, kv_full = false;
     int kv_type = PERI_KV_DEFAULT;
     long threads = 0;
-    int attn = PERI_ATTN_SDPA;
+    int attn = PERI_ATTN_SDPA, mo;
     struct peri_model_params mp = peri_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -84,11 +82,7 @@ int peri_cmd_logits(int argc, char **argv) {
         else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--dag")) dag = true;
         else if (!strcmp(a, "--kv-full")) kv_full = true;
-        else if (!strcmp(a, "--no-repack")) no_repack = true;
-        else if (!strcmp(a, "--sparse-down")) {
-            const char *v = cli_value(cmd, argc, argv, &i);
-            if (!v || !cli_sparse_down(cmd, v, &mp)) return 1;
-        }
+        else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else if (!strcmp(a, "--kv-f16")) kv_type = PERI_KV_F16;
         else if (!strcmp(a, "--kv-f32")) kv_type = PERI_KV_F32;
         else if (!strcmp(a, "--attn")) {
@@ -120,7 +114,7 @@ int peri_cmd_logits(int argc, char **argv) {
     peri_context *ctx = NULL;
     FILE *f = NULL;
     peri_token *all = NULL;
-    mp.use_repack = !no_repack;
+    mp.n_threads = (int32_t)threads;
     if (peri_model_load(model_path, mp, &model) != PERI_OK) { cli_lib_error(cmd, "cannot load the model"); goto done; }
     if (ext_g && peri_pldr_load_external_G(model, ext_g) != PERI_OK) { cli_lib_error(cmd, "cannot use the external G"); goto done; }
     if ((kv_type == PERI_KV_F16 || kv_full) && strcmp(peri_model_arch(model), "plm") != 0) {

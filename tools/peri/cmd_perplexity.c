@@ -11,12 +11,14 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: peri perplexity -m MODEL -f TEXT [--ctx N] [--stride S] [--bos] [--kv-f32] [-t THREADS]\n"
+               "                       [--no-mmap] [--no-repack] [--sparse-down auto|on|off]\n"
                "  default: llama-perplexity's method: the text cut into chunks of --ctx tokens, each evaluated\n"
                "           alone and scored on its second half\n"
                "  --stride S  Hugging Face's strided sliding window: windows of --ctx tokens advanced by S, each\n"
                "              token scored once with up to ctx-S tokens of context\n"
                "  --bos       the first token of every chunk is replaced by BOS (llama-perplexity with add_bos)\n"
                "  --kv-f32    PLM: cache in float32 (default f16, as llama.cpp)\n"
+               CLI_MODEL_HELP
                "Prints the token count, the perplexity and its standard error (as llama.cpp computes it).\n");
 }
 
@@ -32,6 +34,8 @@ int peri_cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL;
     struct peri_ppl_params pp = {0};
     long v;
+    struct peri_model_params mp = peri_model_default_params();
+    int mo;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -49,6 +53,7 @@ int peri_cmd_perplexity(int argc, char **argv) {
         } else if (!strcmp(a, "--bos")) pp.add_bos = true;
         else if (!strcmp(a, "--kv-f32")) pp.kv_type = PERI_KV_F32;
         else if (!strcmp(a, "--kv-f16")) pp.kv_type = PERI_KV_F16;
+        else if ((mo = cli_model_option("perplexity", argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else return cli_error("perplexity", "unknown option '%s' (see peri perplexity --help)", a);
     }
     if (!model_path || !file) {
@@ -59,7 +64,8 @@ int peri_cmd_perplexity(int argc, char **argv) {
     size_t len;
     if (peri_read_file(file, (size_t)1 << 31, &text, &len)) return cli_lib_error("perplexity", "cannot read the text");
     peri_model *m;
-    if (peri_model_load(model_path, peri_model_default_params(), &m)) {
+    mp.n_threads = pp.n_threads;
+    if (peri_model_load(model_path, mp, &m)) {
         free(text);
         return cli_lib_error("perplexity", "cannot load the model");
     }

@@ -35,6 +35,7 @@ static void usage(void) {
             "  --ctx N         context length (default: prompt + N, at most the model's)\n"
             "  --kv-f16 / --kv-f32  PLM cache element type (default f16, as llama.cpp)\n"
             "  --kv-full       PLM: cache expanded keys and values (llama.cpp's layout) instead of the latent\n"
+            CLI_MODEL_HELP
             "  -t N            threads (default: physical cores)\n");
 }
 
@@ -60,7 +61,8 @@ int peri_cmd_run(int argc, char **argv) {
     const char *cmd = "run", *model_path = NULL, *prompt = NULL, *ids_s = NULL, *ext_g = NULL;
     long n_gen = 64, threads = 0, n_ctx = 0;
     struct peri_sampler_params sp = peri_sampler_default_params();
-    int so;
+    struct peri_model_params mp = peri_model_default_params();
+    int so, mo;
     bool print_ids = false, ignore_eos = false, no_special = false, verbose_prompt = false, kv_full = false;
     int kv_type = PERI_KV_DEFAULT;
     for (int i = 1; i < argc; i++) {
@@ -71,6 +73,7 @@ int peri_cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--ids")) { if (!(ids_s = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, 0, 1 << 20, &n_gen)) return 1; }
         else if ((so = cli_sampling_option(cmd, argc, argv, &i, &sp)) != 0) { if (so < 0) return 1; }
+        else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else if (!strcmp(a, "--print-ids")) print_ids = true;
         else if (!strcmp(a, "--external-G")) { if (!(ext_g = cli_value(cmd, argc, argv, &i))) return 1; }
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
@@ -97,7 +100,8 @@ int peri_cmd_run(int argc, char **argv) {
     peri_token *ids = NULL, *all = NULL;
     char *text = NULL;
     int n_ids = 0;
-    if (peri_model_load(model_path, peri_model_default_params(), &model) != PERI_OK) {
+    mp.n_threads = (int32_t)threads;
+    if (peri_model_load(model_path, mp, &model) != PERI_OK) {
         cli_lib_error(cmd, "cannot load the model");
         goto done;
     }

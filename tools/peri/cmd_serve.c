@@ -24,6 +24,7 @@ static void usage(void) {
             "  -np N               parallel slots: requests decoded together as one batch (default 4)\n"
             "  --ctx N             context tokens per slot (default: the model's training context)\n"
             "  -t N                threads (default: physical cores)\n"
+            CLI_MODEL_HELP
             "  --api-key KEY       require 'Authorization: Bearer KEY' (default: env PERI_API_KEY, or none)\n"
             "  --chat-template F   Jinja chat template file (default: the model's own)\n"
             "  --model-name NAME   id shown by /v1/models (default: the model folder's name)\n"
@@ -82,6 +83,8 @@ int peri_cmd_serve(int argc, char **argv) {
     long port = 8080, np = 4, n_ctx = 0, threads = 0, max_tokens = 2048, max_body = 8 << 20, max_conns = 64;
     long max_queue = 256, timeout = 30;
     bool quiet = false, prompt_lp = true;
+    struct peri_model_params mp = peri_model_default_params();
+    int mo;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
 #define INT_OPT(lo, hi, dst) if (!(v = cli_value(cmd, argc, argv, &i)) || !cli_int(cmd, a, v, lo, hi, &dst)) return 1
@@ -102,6 +105,7 @@ int peri_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--timeout")) { INT_OPT(1, 3600, timeout); }
         else if (!strcmp(a, "--no-prompt-logprobs")) prompt_lp = false;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = true;
+        else if ((mo = cli_model_option(cmd, argc, argv, &i, &mp)) != 0) { if (mo < 0) return 1; }
         else { usage(); return cli_error(cmd, "unknown option '%s'", a); }
 #undef INT_OPT
     }
@@ -112,7 +116,8 @@ int peri_cmd_serve(int argc, char **argv) {
     peri_model *model = NULL;
     peri_chat_info ci = {0};
     srv_app *app = NULL;
-    if (peri_model_load(model_path, peri_model_default_params(), &model) != PERI_OK)
+    mp.n_threads = (int32_t)threads;
+    if (peri_model_load(model_path, mp, &model) != PERI_OK)
         return cli_lib_error(cmd, "cannot load the model");
     const peri_tokenizer *tok = peri_model_tokenizer(model);
     if (peri_chat_info_load(model_path, tok, peri_model_eos(model), &ci) != PERI_OK) {
