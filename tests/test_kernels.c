@@ -400,8 +400,12 @@ static void test_t_level(peri_pool *pool) {
         const int tt = types[ti], base = peri_t_base(tt);
 #if defined(__x86_64__) || defined(__aarch64__)
         if (peri_kernels_level() != PERI_KERNELS_REF)
+        {
             CHECKF(peri_kernels_current()->t_nn[peri_t_kind(tt)] != NULL, "t_nn %s at %s: missing", peri_type_name(tt),
                    lvl);
+            CHECKF(tt == PERI_TYPE_Q8_0_T || peri_kernels_current()->t_nn_q8k[peri_t_kind(tt)] != NULL,
+                   "t_nn_q8k %s at %s: missing", peri_type_name(tt), lvl);
+        }
 #endif
         const int64_t(*shapes)[4] = tt == PERI_TYPE_Q8_0_T ? q8_shapes : k_shapes;
         for (size_t si = 0; shapes[si][0] && !bad; si++) {

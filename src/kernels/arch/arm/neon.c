@@ -596,6 +596,8 @@ static void deq_bf16(const void *src, float *y, int64_t n) {
     }
 }
 
+#include "kernels/arch/arm/tgemv_neon.inc"
+
 const struct peri_kernel_set peri_kset_neon = {
     .name = "neon",
     .level = PERI_KERNELS_NEON,
@@ -608,6 +610,7 @@ const struct peri_kernel_set peri_kset_neon = {
     },
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn},
     .t_nn = {mm_q8t_nn, mm_q4kt_nn, mm_q6kt_nn},
+    .t_nn_q8k = {NULL, mm_q4kt_q8k, mm_q6kt_q8k},
     .q8t_mm = mm_q8t_gemm,
     .quantize_x = {[PERI_TYPE_Q8_0] = quantize_q8_0, [PERI_TYPE_Q8_K] = quantize_q8_K},
     .dot = dot,
