@@ -464,7 +464,7 @@ static int plm_prepare(peri_model *m) {
     peri_context_free(c);
     float *share = rc ? NULL : peri_model_alloc(m, sizeof(float) * (size_t)p->n_layer);   // for plm_describe
     bool *pick = share ? calloc((size_t)p->n_layer, sizeof(bool)) : NULL;
-    if (!rc && !pick) rc = PERI_E_NOMEM;
+    if (!rc && !pick) rc = peri_fail(PERI_E_NOMEM, "out of memory");   // prefixed below
     for (int l = 0; !rc && l < p->n_layer; l++) {
         bool measured;
         share[l] = (float)((double)zeros[l] / ((double)n * (double)p->n_ff));

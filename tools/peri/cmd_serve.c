@@ -18,23 +18,23 @@
 static void usage(void) {
     fprintf(stderr,
             "usage: peri serve -m MODEL [options]\n"
-            "  -m MODEL            a Hugging Face folder or a .gguf file\n"
-            "  --host H            address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server)\n"
-            "  --port P            TCP port (default 8080; 0 picks a free port, printed at start)\n"
-            "  -np N               parallel slots: requests decoded together as one batch (default 4)\n"
-            "  --ctx N             context tokens per slot (default: the model's training context)\n"
-            "  -t N                threads (default: physical cores)\n"
+            "  -m MODEL        a Hugging Face folder or a .gguf file\n"
+            "  --host H        address to listen on (default 127.0.0.1; 0.0.0.0 exposes the server)\n"
+            "  --port P        TCP port (default 8080; 0 picks a free port, printed at start)\n"
+            "  -np N           parallel slots: requests decoded together as one batch (default 4)\n"
+            "  --ctx N         context tokens per slot (default: the model's training context)\n"
+            "  -t N            threads (default: physical cores)\n"
             CLI_MODEL_HELP
-            "  --api-key KEY       require 'Authorization: Bearer KEY' (default: env PERI_API_KEY, or none)\n"
-            "  --chat-template F   Jinja chat template file (default: the model's own)\n"
-            "  --model-name NAME   id shown by /v1/models (default: the model folder's name)\n"
-            "  --max-tokens N      largest max_tokens a request may ask for, and the chat default (default 2048)\n"
-            "  --max-body BYTES    largest request body (default 8388608)\n"
-            "  --max-conns N       concurrent connections (default 64; more get 503)\n"
-            "  --max-queue N       requests waiting for a slot (default 256; more get 503)\n"
-            "  --timeout S         seconds to receive a request or to unblock a stalled write (default 30)\n"
+            "  --api-key KEY   require 'Authorization: Bearer KEY' (default: env PERI_API_KEY, or none)\n"
+            "  --chat-template F  Jinja chat template file (default: the model's own)\n"
+            "  --model-name NAME  id shown by /v1/models (default: the model folder's name)\n"
+            "  --max-tokens N  largest max_tokens a request may ask for, and the chat default (default 2048)\n"
+            "  --max-body BYTES  largest request body (default 8388608)\n"
+            "  --max-conns N   concurrent connections (default 64; more get 503)\n"
+            "  --max-queue N   requests waiting for a slot (default 256; more get 503)\n"
+            "  --timeout S     seconds to receive a request or to unblock a stalled write (default 30)\n"
             "  --no-prompt-logprobs  do not keep prompt logits (saves np x ctx x vocab floats; disables echo+logprobs)\n"
-            "  -q, --quiet         no request log on stderr\n");
+            "  -q, --quiet     no request log on stderr\n");
 }
 
 static volatile atomic_bool g_stop;
