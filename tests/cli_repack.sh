@@ -104,13 +104,15 @@ import array, json, struct, sys
 raw = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", raw[:8])[0]
 head = json.loads(raw[8:8 + n]); out = bytearray(raw); base = 8 + n
-hit = 0
-for name, t in head.items():
-    if name == "__metadata__": continue
+tensors = [(name, t, base + t["data_offsets"][0], base + t["data_offsets"][1]) for name, t in head.items()
+           if name != "__metadata__"]
+for name, t, a, b in tensors:   # k: the query projections halved
     assert t["dtype"] == "F32", t
-    a, b = base + t["data_offsets"][0], base + t["data_offsets"][1]
     if name.endswith("self_attn.q_proj.weight"):
         out[a:b] = array.array("f", (v / 2 for v in array.array("f", raw[a:b]))).tobytes()
+open(sys.argv[1], "wb").write(out)
+hit = 0
+for name, t, a, b in tensors:   # ks: k with 90% of the up projections' rows zero
     if not name.endswith("mlp.up_proj.weight"): continue
     rows, cols = t["shape"]
     for r in range(rows):
@@ -118,11 +120,6 @@ for name, t in head.items():
     hit += 1
 assert hit == 4, hit
 open(sys.argv[2], "wb").write(out)
-for name, t in head.items():   # k itself: the query projections only
-    if not name.endswith("mlp.up_proj.weight"): continue
-    a, b = base + t["data_offsets"][0], base + t["data_offsets"][1]
-    out[a:b] = raw[a:b]
-open(sys.argv[1], "wb").write(out)
 PY
 for v in k ks; do
     ok "$P" convert "$tmp/$v" -o "$tmp/$v.gguf" --type q4_k_m
