@@ -627,6 +627,48 @@ static void test_qdot_level(void) {
     }
 }
 
+#if PERI_HAVE_AMX
+// The AMX GEMM (avx512amx.c) scales its exact integer tile sums in the float order of the vpdpbusd GEMM, so the two
+// must agree to the bit: x passes of 16 rows with a short one (a zero-padded copy), x blocks of 256 rows with a partial
+// one, panels of 32 weight rows with a partial one and one of 16 or fewer, chunks of 256 values with a partial last one
+// (Q4_0_X16: whole groups of 512); for the K-quants, whose AMX path starts at 64 x rows, the last three shapes.
+static void test_amx_level(void) {
+    if (peri_kernels_level() != PERI_KERNELS_AVX512AMX) return;
+    static const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K};
+    static const int64_t shapes[][3] = {{9, 45, 16}, {3, 31, 33}, {8, 64, 47}, {17, 1, 64}, {5, 70, 530}, {1, 33, 75}};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int type = types[ti];
+        const struct peri_qdot *qr = peri_qdot_ref(type);
+        const struct peri_type_traits *xtt = peri_type_traits(qr->x_type);
+        int ok = 1;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            // K in 32-value blocks (K-quants: a quarter as many super-blocks, at least one; Q4_0_X16: groups of 16)
+            int64_t K = shapes[si][0] * 32, M = shapes[si][1], n = shapes[si][2];
+            if (type == PERI_TYPE_Q4_0_X16) K = (shapes[si][0] / 4 + 1) * 512;
+            if (type == PERI_TYPE_Q4_K || type == PERI_TYPE_Q6_K) K = (shapes[si][0] / 4 + 1) * 256;
+            size_t rs = peri_row_size(type, K), xrs = peri_row_size(qr->x_type, K);
+            float *wf = malloc(sizeof(float) * (size_t)(M * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+            float *y = malloc(sizeof(float) * (size_t)(n * M)), *yv = malloc(sizeof(float) * (size_t)(n * M));
+            char *w = make_weight(type, M, K, wf), *xq = malloc(xrs * (size_t)n);
+            for (int64_t i = 0; i < n * K; i++) x[i] = frand();
+            for (int64_t i = 0; i < n; i++) xtt->from_float(x + i * K, xq + (size_t)i * xrs, K);
+            const float *bias = si & 1 ? wf : NULL;
+            peri_kernels_current()->mm[type].fn(y, M, xq, xrs, w, rs, K, M, n, bias);
+            peri_qmm_avx512vnni[type].fn(yv, M, xq, xrs, w, rs, K, M, n, bias);
+            for (int64_t i = 0; i < n * M && ok; i++)
+                if (!(y[i] == yv[i])) {
+                    fprintf(stderr, "amx %s K=%lld M=%lld n=%lld [%lld][%lld]: %.9g, vpdpbusd GEMM %.9g\n",
+                            peri_type_traits(type)->name, (long long)K, (long long)M, (long long)n, (long long)(i / M),
+                            (long long)(i % M), y[i], yv[i]);
+                    ok = 0;
+                }
+            free(wf), free(x), free(y), free(yv), free(w), free(xq);
+        }
+        CHECKF(ok, "AMX GEMM %s against the vpdpbusd GEMM", peri_type_traits(type)->name);
+    }
+}
+#endif
+
 // SIMD activation quantizers must give the reference's bytes exactly (the integer kernels and their references
 // then see the same codes): random rows at several magnitudes (down to fp16 subnormal scales), exact halves (roundf
 // ties), +a and -a as the largest magnitude in either order (Q8_K keeps the first one's sign), all-zero blocks.
@@ -1079,6 +1121,9 @@ int main(int argc, char **argv) {
         test_t_level(pool);
         test_by_inputs_level(pool);
         test_qdot_level();
+#if PERI_HAVE_AMX
+        test_amx_level();
+#endif
         test_quantize_level();
         test_modes_level(pool);
         test_f16_overflow_level(pool);

@@ -14,6 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if PERI_HAVE_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static const struct peri_kernel_set *g_sets[PERI_KERNELS_LEVELS];
 static _Atomic(const struct peri_kernel_set *) g_cur;
@@ -21,13 +25,14 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_info[256];
 
 static const char *const g_level_names[PERI_KERNELS_LEVELS] = {
-    "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot", "avx512fp16",
+    "ref", "avx2", "avx512", "neon", "avx512vnni", "neondot", "avx512fp16", "avx512amx",
 };
 static atomic_bool g_exact;
 #if defined(__x86_64__) || defined(__aarch64__)
 // A level that is another level's set with some matmul entries laid over it: avx512vnni over avx512 (vpdpbusd),
-// avx512fp16 over avx512vnni (vfmadd231ph), neondot over neon (vdotq_s32). Storage for two such levels.
-static struct peri_kernel_set g_overlay_sets[2];
+// avx512fp16 over avx512vnni (vfmadd231ph), avx512amx over avx512fp16 (tile products), neondot over neon (vdotq_s32).
+// Storage for three such levels.
+static struct peri_kernel_set g_overlay_sets[3];
 
 // An entry whose x is not float32 keeps the base's float32-x kernel of its type as the exact-mode (and small-n)
 // fallback, where the base has no other.
@@ -52,6 +57,15 @@ static void update_info(const struct peri_kernel_set *ks) {
     snprintf(g_info, sizeof g_info, "%s (cpu: %s)", ks->name, peri_cpu_describe(feats, sizeof feats));
 }
 
+#if PERI_HAVE_AMX
+// Linux (5.16 on) hands the 8 KiB of tile state only to a process that asks for it; a tile instruction without it
+// faults. The grant is for the whole process, so asking once here covers the pool's threads too.
+static bool amx_permission(void) {
+    const long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+}
+#endif
+
 static void kernels_init(void) {
     g_sets[PERI_KERNELS_REF] = &peri_kset_ref;
 #if defined(__x86_64__)
@@ -66,6 +80,11 @@ static void kernels_init(void) {
     if (g_sets[PERI_KERNELS_AVX512VNNI] && c->avx512fp16)
         g_sets[PERI_KERNELS_AVX512FP16] = overlay_set(1, g_sets[PERI_KERNELS_AVX512VNNI], "avx512fp16",
                                                       PERI_KERNELS_AVX512FP16, peri_mm_avx512fp16);
+#endif
+#if PERI_HAVE_AMX
+    if (g_sets[PERI_KERNELS_AVX512FP16] && c->amx_int8 && amx_permission())
+        g_sets[PERI_KERNELS_AVX512AMX] = overlay_set(2, g_sets[PERI_KERNELS_AVX512FP16], "avx512amx",
+                                                     PERI_KERNELS_AVX512AMX, peri_qmm_avx512amx);
 #endif
 #endif
 #if defined(__aarch64__)

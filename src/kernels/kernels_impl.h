@@ -106,6 +106,14 @@ extern const struct peri_mm_kernel peri_mm_avx512fp16[PERI_TYPE_COUNT];
 #else
 #define PERI_HAVE_AVX512FP16 0
 #endif
+// The AMX-INT8 prefill GEMM entries (avx512amx.c), laid over a copy of the avx512fp16 set; they need that level's
+// compilers, and Linux to grant the tile state (dispatch.c asks).
+#if PERI_HAVE_AVX512FP16 && defined(__linux__)
+#define PERI_HAVE_AMX 1
+extern const struct peri_mm_kernel peri_qmm_avx512amx[PERI_TYPE_COUNT];
+#else
+#define PERI_HAVE_AMX 0
+#endif
 // The vdotq_s32 (ARMv8.2 dotprod) integer-dot entries (neon_dotprod.c), laid over a copy of the NEON set.
 #if defined(__aarch64__)
 extern const struct peri_mm_kernel peri_qmm_neon_dotprod[PERI_TYPE_COUNT];

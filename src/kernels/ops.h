@@ -110,7 +110,7 @@ void peri_gemm_f32_ref(float *C, const float *A, const float *B, int m, int n, i
 const char *peri_kernels_info(void);   // which SIMD versions the dispatcher chose
 
 // Kernel levels. The best one the CPU supports is chosen at the first call, unless the environment
-// variable PERI_KERNELS (ref|avx2|avx512|avx512vnni|avx512fp16|neon|neondot|auto) asks for another (an unsupported request falls back
+// variable PERI_KERNELS (ref|avx2|avx512|avx512vnni|avx512fp16|avx512amx|neon|neondot|auto) asks for another (an unsupported request falls back
 // to the best supported level below it).
 enum peri_kernel_level {
     PERI_KERNELS_REF = 0,
@@ -120,6 +120,7 @@ enum peri_kernel_level {
     PERI_KERNELS_AVX512VNNI = 4, // AVX-512 plus VNNI (vpdpbusd) for the integer-dot kernels
     PERI_KERNELS_NEON_DOTPROD = 5, // NEON plus ARMv8.2 dotprod (vdotq_s32) for the integer-dot kernels
     PERI_KERNELS_AVX512FP16 = 6,   // avx512vnni plus AVX512-FP16 (vfmadd231ph) for the F16/BF16-weight prefill GEMM
+    PERI_KERNELS_AVX512AMX = 7,    // avx512fp16 plus AMX-INT8 tiles for the prefill GEMM of Q8_0/Q4_0/Q4_K/Q6_K weights
     PERI_KERNELS_LEVELS,
 };
 bool peri_kernels_supported(int level);

@@ -9,6 +9,8 @@ struct peri_cpu {
     // x86-64: each flag is set only when both the CPU reports it and the OS saves the register state.
     bool sse42, avx, avx2, fma, f16c;
     bool avx512f, avx512dq, avx512bw, avx512vl, avx512vnni, avx512bf16, avx512fp16;
+    // AMX-TILE and AMX-INT8 with the tile state enabled in XCR0; Linux still has to grant each process its use.
+    bool amx_int8;
     // AArch64
     bool neon, neon_dotprod, neon_fp16;
 };

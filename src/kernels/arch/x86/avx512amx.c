@@ -1,0 +1,240 @@
+// AMX-INT8 prefill GEMM for Q8_0, Q4_0 (and its Q4_0_X16 rows), Q4_K and Q6_K weights: one tdpbssd multiplies a
+// 16 x 32 tile of x codes by a 32 x 16 tile of weight codes into 16 x 16 int32 sums, 8192 products, where vpdpbusd
+// makes 64. dispatch.c lays these entries over a copy of the avx512fp16 set to form the "avx512amx" level, offered
+// where the CPU has AMX-TILE and AMX-INT8, the OS saves the tile state, and Linux grants the process its use
+// (arch_prctl ARCH_REQ_XCOMP_PERM, asked once at the first kernel call); x86-64 Linux only.
+//
+// Arithmetic. The weights are packed as the vpdpbusd GEMM packs them (qpack_avx512.inc: 32 rows over 256 values,
+// [step of 4 values][row][4 bytes], which is AMX's B layout with a 128-byte stride), but with signed codes (q, nibble
+// - 8, q6 - 32; Q4_K's nibbles stay unsigned and take tdpbsud), so each group of 32 (Q6_K: 16) values is one tile
+// product with nothing to correct. x rows need no packing: a tile loads 16 rows' codes of one group straight from
+// the Q8_0 / Q8_K rows, xs bytes apart. Each group's int32 tile is stored and scaled with AVX-512 into float sums in
+// the order of qgemm_vnni.inc's gb_tile (the group's sum times (d_w d_x), added into a per-chunk float sum that is
+// added into y once per chunk), so the results are the vpdpbusd GEMM's to the bit; the integer sums are exact.
+// That scaling, 3 vector instructions per 16 sums per group, is the bound here, not the tile products.
+#include "kernels/kernels_impl.h"
+
+#if PERI_HAVE_AMX
+#include "tensor/quants.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(                                                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,amx-tile,amx-int8"))),        \
+    apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,amx-tile,amx-int8")
+#endif
+
+#define QMM_VNNI 1
+#include "kernels/arch/x86/qmm_x86.inc" // q_k4_scales for the panel packer
+#define GB_VNNI 1
+#include "kernels/arch/x86/qpack_avx512.inc"
+
+#define AX_XB 256   // x rows per block (their sums: 32 KB of stack)
+// Below this many x rows the avx512vnni entry (its vpdpbusd GEMM or row kernels) is used. 2 threads, K = 2048,
+// M = 8192 (test_kernels --bench): Q8_0 with AMX 1.16x as fast at 8 rows, 1.5x at 64 and 512; Q4_K 0.52x at 8, 0.85x
+// at 32, 1.11x at 64, 1.35x at 512 (its packing, which unpacks the scales row by row, is shared by fewer x rows);
+// Q6_K (tile products of 16 values) 1.03x at 64 and 512.
+#define AX_MIN_N_B32 8
+#define AX_MIN_N_K 64
+
+// ldtilecfg's operand (palette 1).
+struct ax_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+_Static_assert(sizeof(struct ax_cfg) == 64, "ldtilecfg reads 64 bytes");
+
+// Tiles 0, 1: 16 x rows by one group of G codes; 2, 3: 16 rows of the panel for that group (G / 4 steps of 4 codes, 64
+// bytes each); 4, 5: their int32 sums; the first of each pair for even groups, the second for odd ones.
+static void ax_config(int G) {
+    struct ax_cfg c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 2; t++) c.rows[t] = 16, c.colsb[t] = (uint16_t)G;
+    for (int t = 2; t < 4; t++) c.rows[t] = (uint8_t)(G / 4), c.colsb[t] = 64;
+    for (int t = 4; t < 6; t++) c.rows[t] = 16, c.colsb[t] = 64;
+    _tile_loadconfig(&c);
+}
+
+PERI_INLINE int ax_q8_0_x(int wt) { return wt == PERI_TYPE_Q8_0 || wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16; }
+
+// The first x code of value k of a row (Q8_0 rows for Q8_0/Q4_0 weights, Q8_K for the K-quants).
+PERI_INLINE const int8_t *ax_xcodes(int wt, const char *xrow, int64_t k) {
+    if (ax_q8_0_x(wt)) return ((const block_q8_0 *)xrow)[k / 32].qs + k % 32;
+    return ((const block_q8_K *)xrow)[k / QK_K].qs + k % QK_K;
+}
+
+// The x scales of rows 0 .. rv - 1 (rv <= 16, xs bytes apart from xr) at value k, gathered: d[r] (Q8_0: the block's;
+// Q8_K: the super-block's) and for Q4_K e[r] = d * Σ x of the 32-value sub-block (from bsums). Rows past rv get 0.
+PERI_INLINE void ax_xscales(int wt, const char *xr, size_t xs, int rv, int64_t k, float *d, float *e) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)xs));
+    const __mmask16 mk = rv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rv) - 1);
+    if (ax_q8_0_x(wt)) {
+        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, xr + (size_t)(k / 32) * sizeof(block_q8_0), 1);
+        _mm512_store_ps(d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)));
+        return;
+    }
+    const char *sb = xr + (size_t)(k / QK_K) * sizeof(block_q8_K);
+    const __m512 dv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk, idx, sb + offsetof(block_q8_K, d), 1);
+    _mm512_store_ps(d, dv);
+    if (wt == PERI_TYPE_Q4_K) {
+        const size_t j = (size_t)(k % QK_K) / 32;
+        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, sb + offsetof(block_q8_K, bsums) + 4 * j, 1);
+        __m512i sum = _mm512_add_epi32(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16), _mm512_srai_epi32(v, 16));
+        _mm512_store_ps(e, _mm512_mul_ps(dv, _mm512_cvtepi32_ps(sum)));
+    }
+}
+
+// acc[r] += the 16 int32 sums c[r] of one group times (d_w d_x[r]) (d_w first, as the references scale each block
+// sum); Q4_K: minus the mins' part.
+PERI_INLINE void ax_scale(int wt, __m512 acc[16], const int32_t (*c)[16], __m512 f, const float *d, __m512 mn,
+                          const float *e) {
+    PERI_UNROLL for (int r = 0; r < 16; r++) {
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[r])), _mm512_mul_ps(f, _mm512_set1_ps(d[r])),
+                                 acc[r]);
+        if (wt == PERI_TYPE_Q4_K) acc[r] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(e[r]), acc[r]);
+    }
+}
+
+// Group g's tile product into C: tiles TA (16 x rows) and TB (16 weight rows) loaded, C = TA TB.
+#define AX_ISSUE(TA, TB, TC, g)                                                                                \
+    do {                                                                                                       \
+        _tile_loadd(TA, xa + (size_t)(g) * xgs, (long)xas);                                                    \
+        _tile_loadd(TB, P->codes + (size_t)(g) * (size_t)(G / 4) * (GB_ROWS * 4) + 64 * h, GB_ROWS * 4);         \
+        _tile_zero(TC);                                                                                        \
+        if (wt == PERI_TYPE_Q4_K) _tile_dpbsud(TC, TA, TB); /* x signed, weights unsigned */                   \
+        else _tile_dpbssd(TC, TA, TB);                                                                         \
+    } while (0)
+
+// x rows 0 .. rv - 1 (rv <= 16) against half h (16 rows) of the panel over the chunk's ng groups of G values from
+// value k0, into tot's 16 columns of those rows (first: tot = bias + the chunk's sums, else tot += them, as the
+// vpdpbusd GEMM adds each chunk into y). xa: the rows' first code of the chunk, rows xas bytes and groups xgs bytes
+// apart (the rows themselves, or a zero-padded copy for a short pass); xr: the rows themselves (xs apart), for their
+// scales. A group's sums are scaled while the next group's tile product runs: reading them back at once waits for
+// the tile store (about 20% slower here).
+PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const char *xr, size_t xs, int64_t k0, int rv,
+                         const int8_t *xa, size_t xas, size_t xgs, int64_t ng, float (*tot)[GB_ROWS], int first,
+                         const float *bias, __mmask16 mk) {
+    _Alignas(64) int32_t c[2][16][16];
+    _Alignas(64) float d[2][16], e[2][16];
+    __m512 acc[16];
+    PERI_UNROLL for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+    // even groups in tiles 0, 2 -> 4, odd ones in 1, 3 -> 5: group g + 1's product is under way while g's is stored
+    // and g - 1's scaled
+    if (ng > 0) AX_ISSUE(0, 2, 4, 0);
+    for (int64_t g = 0; g < ng; g++) {
+        if (g + 1 < ng) {
+            if (g & 1) AX_ISSUE(0, 2, 4, g + 1);
+            else AX_ISSUE(1, 3, 5, g + 1);
+        }
+        if (g & 1) _tile_stored(5, c[1], 64);
+        else _tile_stored(4, c[0], 64);
+        ax_xscales(wt, xr, xs, rv, k0 + g * G, d[g & 1], e[g & 1]);
+        if (g) {
+            const int64_t p = g - 1;
+            ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(P->s[p] + 16 * h), d[p & 1],
+                     wt == PERI_TYPE_Q4_K ? _mm512_load_ps(P->mn[p] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
+        }
+    }
+    if (ng > 0) {
+        const int64_t p = ng - 1;
+        ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(P->s[p] + 16 * h), d[p & 1],
+                 wt == PERI_TYPE_Q4_K ? _mm512_load_ps(P->mn[p] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
+    }
+    for (int r = 0; r < rv; r++) {
+        float *t = tot[r] + 16 * h;
+        __m512 b = first ? (bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * h) : _mm512_setzero_ps()) : _mm512_load_ps(t);
+        _mm512_store_ps(t, _mm512_add_ps(b, acc[r]));
+    }
+}
+#undef AX_ISSUE
+
+// y[i][j] = dot(x row i, w row j) + bias[j] for i < n, j < m; x quantized (Q8_0 or Q8_K rows, xs bytes apart).
+// Blocks of AX_XB x rows (kept in L2) by panels of 32 weight rows carry their sums over K in tot (32 KB), so y is
+// written once; writing y per chunk (as the vpdpbusd GEMM does) cost 5% more here: y rows a power of two apart fall
+// into few cache sets.
+static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, const char *w, size_t ws, int64_t K,
+                    int64_t m, int64_t n, const float *bias) {
+    struct gb_panel P;
+    _Alignas(64) float tot[AX_XB][GB_ROWS];
+    _Alignas(64) int8_t pad[16][GB_KC]; // a short pass's x codes, rows past the end zero
+    const int G = GB_G(wt);
+    // a group's codes: Q8_0 x blocks carry their scale between them, Q8_K's are contiguous
+    const size_t xgs = ax_q8_0_x(wt) ? sizeof(block_q8_0) : (size_t)G;
+    ax_config(G);
+    for (int64_t ib = 0; ib < n; ib += AX_XB) {
+        const int64_t nx = n - ib < AX_XB ? n - ib : AX_XB;
+        const char *xb = x + (size_t)ib * xs;
+        const int64_t full = nx / 16 * 16;
+        const int rest = (int)(nx - full);
+        for (int64_t j = 0; j < m; j += GB_ROWS) {
+            const int mrows = m - j < GB_ROWS ? (int)(m - j) : GB_ROWS;
+            const __mmask16 m0 = mrows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << mrows) - 1);
+            const __mmask16 m1 = mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? 0 : (__mmask16)((1u << (mrows - 16)) - 1);
+            const float *bj = bias ? bias + j : NULL;
+            const int halves = mrows > 16 ? 2 : 1;
+            for (int64_t k0 = 0; k0 < K; k0 += GB_KC) {
+                const int64_t kc = K - k0 < GB_KC ? K - k0 : GB_KC;
+                gb_pack(wt, &P, w + (size_t)j * ws, ws, mrows, k0, kc, 1);
+                for (int64_t i = 0; i < full; i += 16) {
+                    const char *xi = xb + (size_t)i * xs;
+                    for (int h = 0; h < halves; h++)
+                        ax_pass(wt, G, &P, h, xi, xs, k0, 16, ax_xcodes(wt, xi, k0), xs, xgs, kc / G, tot + i, k0 == 0,
+                                bj, h ? m1 : m0);
+                }
+                if (rest) {
+                    memset(pad, 0, sizeof pad);
+                    for (int r = 0; r < rest; r++)
+                        for (int64_t k = 0; k < kc; k += 32)
+                            memcpy(&pad[r][k], ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k), 32);
+                    for (int h = 0; h < halves; h++)
+                        ax_pass(wt, G, &P, h, xb + (size_t)full * xs, xs, k0, rest, pad[0], GB_KC, (size_t)G, kc / G,
+                                tot + full, k0 == 0, bj, h ? m1 : m0);
+                }
+            }
+            for (int64_t i = 0; i < nx; i++) {
+                float *yr = y + (ib + i) * ldy + j;
+                _mm512_mask_storeu_ps(yr, m0, _mm512_load_ps(tot[i]));
+                _mm512_mask_storeu_ps(yr + 16, m1, _mm512_load_ps(tot[i] + 16));
+            }
+        }
+    }
+    _tile_release();
+}
+
+#define AX_MM(name, wt)                                                                                        \
+    static void name(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K,     \
+                     int64_t m, int64_t n, const float *bias) {                                                \
+        if (n >= (ax_q8_0_x(wt) ? AX_MIN_N_B32 : AX_MIN_N_K)) ax_gemm(wt, y, ldy, (const char *)x, xs, (const char *)w, ws, K, m, n, bias);       \
+        else peri_qmm_avx512vnni[wt].fn(y, ldy, x, xs, w, ws, K, m, n, bias);                                  \
+    }
+AX_MM(ax_q8_0, PERI_TYPE_Q8_0)
+AX_MM(ax_q4_0, PERI_TYPE_Q4_0)
+AX_MM(ax_q4_0_x16, PERI_TYPE_Q4_0_X16)
+AX_MM(ax_q4_K, PERI_TYPE_Q4_K)
+AX_MM(ax_q6_K, PERI_TYPE_Q6_K)
+#undef AX_MM
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const struct peri_mm_kernel peri_qmm_avx512amx[PERI_TYPE_COUNT] = {
+    [PERI_TYPE_Q8_0] = {ax_q8_0, PERI_TYPE_Q8_0},       [PERI_TYPE_Q4_0] = {ax_q4_0, PERI_TYPE_Q8_0},
+    [PERI_TYPE_Q4_0_X16] = {ax_q4_0_x16, PERI_TYPE_Q8_0}, [PERI_TYPE_Q4_K] = {ax_q4_K, PERI_TYPE_Q8_K},
+    [PERI_TYPE_Q6_K] = {ax_q6_K, PERI_TYPE_Q8_K},
+};
+
+#else
+typedef int peri_avx512amx_unused; // ISO C wants a non-empty translation unit
+#endif
