@@ -629,13 +629,14 @@ static void test_qdot_level(void) {
 
 #if PERI_HAVE_AMX
 // The AMX GEMM (avx512amx.c) scales its exact integer tile sums in the float order of the vpdpbusd GEMM, so the two
-// must agree to the bit: x passes of 16 rows with a short one (a zero-padded copy), x blocks of 256 rows with a partial
-// one, panels of 32 weight rows with a partial one and one of 16 or fewer, chunks of 256 values with a partial last one
-// (Q4_0_X16: whole groups of 512); for the K-quants, whose AMX path starts at 64 x rows, the last three shapes.
+// must agree to the bit: x passes of 16 rows with a short one (a zero-padded copy), x blocks of 512 rows with a partial
+// one, passes over 1024 values with a partial one, panels of 32 weight rows with a partial one and one of 16 or fewer,
+// chunks of 256 values with a partial last one (Q4_0_X16: whole groups of 512). The AMX path starts at 8 x rows for
+// Q8_0, 16 for Q4_0 and 32 for the K-quants.
 static void test_amx_level(void) {
     if (peri_kernels_level() != PERI_KERNELS_AVX512AMX) return;
     static const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K};
-    static const int64_t shapes[][3] = {{9, 45, 16}, {3, 31, 33}, {8, 64, 47}, {17, 1, 64}, {5, 70, 530}, {1, 33, 75}};
+    static const int64_t shapes[][3] = {{9, 45, 16}, {3, 31, 33}, {40, 64, 47}, {17, 1, 64}, {5, 70, 530}, {1, 33, 75}, {2, 20, 9}};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int type = types[ti];
         const struct peri_qdot *qr = peri_qdot_ref(type);

@@ -35,13 +35,13 @@
 #define GB_VNNI 1
 #include "kernels/arch/x86/qpack_avx512.inc"
 
-#define AX_XB 256   // x rows per block (their sums: 32 KB of stack)
+#define AX_XB 512   // x rows per block (their sums: 64 KB of stack)
+#define AX_KS 1024  // values per pass: 4 panels of 256 (44 KB of stack)
 // Below this many x rows the avx512vnni entry (its vpdpbusd GEMM or row kernels) is used. 2 threads, K = 2048,
-// M = 8192 (test_kernels --bench): Q8_0 with AMX 1.16x as fast at 8 rows, 1.5x at 64 and 512; Q4_K 0.52x at 8, 0.85x
-// at 32, 1.11x at 64, 1.35x at 512 (its packing, which unpacks the scales row by row, is shared by fewer x rows);
-// Q6_K (tile products of 16 values) 1.03x at 64 and 512.
-#define AX_MIN_N_B32 8
-#define AX_MIN_N_K 64
+// M = 8192 (test_kernels --bench), AMX against vpdpbusd: Q8_0 1.17x at 8 rows, 1.66x at 16, 1.6x at 512; Q4_0 0.78x
+// at 8, 1.23x at 16 (Q4_0_X16 0.87x at 8, 1.0x at 12); Q4_K 1.06x at 32, 1.13x at 64, 1.43x at 512; Q6_K (tile
+// products of 16 values) 1.0x at 32 and 64, 1.12x at 512. Packing, shared by fewer x rows, is what costs at few rows.
+PERI_INLINE int ax_min_n(int wt) { return wt == PERI_TYPE_Q8_0 ? 8 : wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16 ? 16 : 32; }
 
 // ldtilecfg's operand (palette 1).
 struct ax_cfg {
@@ -107,68 +107,70 @@ PERI_INLINE void ax_scale(int wt, __m512 acc[16], const int32_t (*c)[16], __m512
 // Group g's tile product into C: tiles TA (16 x rows) and TB (16 weight rows) loaded, C = TA TB.
 #define AX_ISSUE(TA, TB, TC, g)                                                                                \
     do {                                                                                                       \
-        _tile_loadd(TA, xa + (size_t)(g) * xgs, (long)xas);                                                    \
-        _tile_loadd(TB, P->codes + (size_t)(g) * (size_t)(G / 4) * (GB_ROWS * 4) + 64 * h, GB_ROWS * 4);         \
+        const int64_t k_ = (int64_t)(g) * G;                                                                   \
+        if (pad) _tile_loadd(TA, pad + k_, AX_KS);                                                             \
+        else _tile_loadd(TA, ax_xcodes(wt, xr, k0 + k_), (long)xs);                                            \
+        _tile_loadd(TB, P[k_ / GB_KC].codes + (size_t)(k_ % GB_KC / 4) * (GB_ROWS * 4) + 64 * h, GB_ROWS * 4);  \
         _tile_zero(TC);                                                                                        \
         if (wt == PERI_TYPE_Q4_K) _tile_dpbsud(TC, TA, TB); /* x signed, weights unsigned */                   \
         else _tile_dpbssd(TC, TA, TB);                                                                         \
     } while (0)
 
-// x rows 0 .. rv - 1 (rv <= 16) against half h (16 rows) of the panel over the chunk's ng groups of G values from
-// value k0, into tot's 16 columns of those rows (first: tot = bias + the chunk's sums, else tot += them, as the
-// vpdpbusd GEMM adds each chunk into y). xa: the rows' first code of the chunk, rows xas bytes and groups xgs bytes
-// apart (the rows themselves, or a zero-padded copy for a short pass); xr: the rows themselves (xs apart), for their
-// scales. A group's sums are scaled while the next group's tile product runs: reading them back at once waits for
-// the tile store (about 20% slower here).
+// x rows 0 .. rv - 1 (rv <= 16; xr, xs bytes apart) against half h (16 rows) of the panels P over the ng groups of G
+// values from value k0, into tot's 16 columns of those rows. Each chunk of 256 values is added into tot by itself
+// (first, for the chunk at value 0: tot = bias + its sums), as the vpdpbusd GEMM adds each chunk into y. pad: NULL,
+// or the rows' codes from k0 in a zero-padded copy (rows AX_KS bytes apart) for a short pass. A group's sums are
+// scaled while the next group's tile product runs: reading them back at once waits for the tile store (about 20%
+// slower in a probe), and so does the last group of a pass, which is why passes span several chunks.
 PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const char *xr, size_t xs, int64_t k0, int rv,
-                         const int8_t *xa, size_t xas, size_t xgs, int64_t ng, float (*tot)[GB_ROWS], int first,
-                         const float *bias, __mmask16 mk) {
+                         const int8_t *pad, int64_t ng, float (*tot)[GB_ROWS], const float *bias, __mmask16 mk) {
     _Alignas(64) int32_t c[2][16][16];
     _Alignas(64) float d[2][16], e[2][16];
+    const int64_t gpc = GB_KC / G; // groups per chunk
     __m512 acc[16];
     PERI_UNROLL for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
     // even groups in tiles 0, 2 -> 4, odd ones in 1, 3 -> 5: group g + 1's product is under way while g's is stored
     // and g - 1's scaled
     if (ng > 0) AX_ISSUE(0, 2, 4, 0);
-    for (int64_t g = 0; g < ng; g++) {
-        if (g + 1 < ng) {
-            if (g & 1) AX_ISSUE(0, 2, 4, g + 1);
-            else AX_ISSUE(1, 3, 5, g + 1);
+    for (int64_t g = 0; g <= ng; g++) {
+        if (g < ng) {
+            if (g + 1 < ng) {
+                if (g & 1) AX_ISSUE(0, 2, 4, g + 1);
+                else AX_ISSUE(1, 3, 5, g + 1);
+            }
+            if (g & 1) _tile_stored(5, c[1], 64);
+            else _tile_stored(4, c[0], 64);
+            ax_xscales(wt, xr, xs, rv, k0 + g * G, d[g & 1], e[g & 1]);
         }
-        if (g & 1) _tile_stored(5, c[1], 64);
-        else _tile_stored(4, c[0], 64);
-        ax_xscales(wt, xr, xs, rv, k0 + g * G, d[g & 1], e[g & 1]);
-        if (g) {
-            const int64_t p = g - 1;
-            ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(P->s[p] + 16 * h), d[p & 1],
-                     wt == PERI_TYPE_Q4_K ? _mm512_load_ps(P->mn[p] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
+        if (!g) continue;
+        const int64_t p = g - 1;
+        const struct gb_panel *Pp = &P[p / gpc];
+        const int64_t q = p % gpc;
+        ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(Pp->s[q] + 16 * h), d[p & 1],
+                 wt == PERI_TYPE_Q4_K ? _mm512_load_ps(Pp->mn[q] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
+        if (q == gpc - 1 || p == ng - 1) { // the chunk's sums into tot
+            const int first = k0 + p / gpc * GB_KC == 0;
+            for (int r = 0; r < rv; r++) {
+                float *t = tot[r] + 16 * h;
+                __m512 b = first ? (bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * h) : _mm512_setzero_ps()) : _mm512_load_ps(t);
+                _mm512_store_ps(t, _mm512_add_ps(b, acc[r]));
+            }
+            PERI_UNROLL for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
         }
-    }
-    if (ng > 0) {
-        const int64_t p = ng - 1;
-        ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(P->s[p] + 16 * h), d[p & 1],
-                 wt == PERI_TYPE_Q4_K ? _mm512_load_ps(P->mn[p] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
-    }
-    for (int r = 0; r < rv; r++) {
-        float *t = tot[r] + 16 * h;
-        __m512 b = first ? (bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * h) : _mm512_setzero_ps()) : _mm512_load_ps(t);
-        _mm512_store_ps(t, _mm512_add_ps(b, acc[r]));
     }
 }
 #undef AX_ISSUE
 
 // y[i][j] = dot(x row i, w row j) + bias[j] for i < n, j < m; x quantized (Q8_0 or Q8_K rows, xs bytes apart).
-// Blocks of AX_XB x rows (kept in L2) by panels of 32 weight rows carry their sums over K in tot (32 KB), so y is
-// written once; writing y per chunk (as the vpdpbusd GEMM does) cost 5% more here: y rows a power of two apart fall
-// into few cache sets.
+// Blocks of AX_XB x rows by panels of 32 weight rows carry their sums over K in tot (64 KB), so y is written once:
+// writing y per chunk (as the vpdpbusd GEMM does) cost 5% more here, y rows a power of two apart falling into few cache
+// sets. A panel is packed once per block of x rows: 512 rows (rather than 256) made Q8_0 and Q4_K 1.07-1.15x as fast.
 static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, const char *w, size_t ws, int64_t K,
                     int64_t m, int64_t n, const float *bias) {
-    struct gb_panel P;
+    struct gb_panel P[AX_KS / GB_KC];
     _Alignas(64) float tot[AX_XB][GB_ROWS];
-    _Alignas(64) int8_t pad[16][GB_KC]; // a short pass's x codes, rows past the end zero
+    _Alignas(64) int8_t pad[16 * AX_KS]; // a short pass's x codes, rows past the end zero
     const int G = GB_G(wt);
-    // a group's codes: Q8_0 x blocks carry their scale between them, Q8_K's are contiguous
-    const size_t xgs = ax_q8_0_x(wt) ? sizeof(block_q8_0) : (size_t)G;
     ax_config(G);
     for (int64_t ib = 0; ib < n; ib += AX_XB) {
         const int64_t nx = n - ib < AX_XB ? n - ib : AX_XB;
@@ -181,23 +183,21 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
             const __mmask16 m1 = mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? 0 : (__mmask16)((1u << (mrows - 16)) - 1);
             const float *bj = bias ? bias + j : NULL;
             const int halves = mrows > 16 ? 2 : 1;
-            for (int64_t k0 = 0; k0 < K; k0 += GB_KC) {
-                const int64_t kc = K - k0 < GB_KC ? K - k0 : GB_KC;
-                gb_pack(wt, &P, w + (size_t)j * ws, ws, mrows, k0, kc, 1);
-                for (int64_t i = 0; i < full; i += 16) {
-                    const char *xi = xb + (size_t)i * xs;
+            for (int64_t k0 = 0; k0 < K; k0 += AX_KS) {
+                const int64_t kc = K - k0 < AX_KS ? K - k0 : AX_KS;
+                for (int64_t kk = 0; kk < kc; kk += GB_KC)
+                    gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC, 1);
+                for (int64_t i = 0; i < full; i += 16)
                     for (int h = 0; h < halves; h++)
-                        ax_pass(wt, G, &P, h, xi, xs, k0, 16, ax_xcodes(wt, xi, k0), xs, xgs, kc / G, tot + i, k0 == 0,
-                                bj, h ? m1 : m0);
-                }
+                        ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0);
                 if (rest) {
                     memset(pad, 0, sizeof pad);
                     for (int r = 0; r < rest; r++)
                         for (int64_t k = 0; k < kc; k += 32)
-                            memcpy(&pad[r][k], ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k), 32);
+                            memcpy(pad + (size_t)r * AX_KS + k, ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k), 32);
                     for (int h = 0; h < halves; h++)
-                        ax_pass(wt, G, &P, h, xb + (size_t)full * xs, xs, k0, rest, pad[0], GB_KC, (size_t)G, kc / G,
-                                tot + full, k0 == 0, bj, h ? m1 : m0);
+                        ax_pass(wt, G, P, h, xb + (size_t)full * xs, xs, k0, rest, pad, kc / G, tot + full, bj,
+                                h ? m1 : m0);
                 }
             }
             for (int64_t i = 0; i < nx; i++) {
@@ -213,7 +213,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
 #define AX_MM(name, wt)                                                                                        \
     static void name(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K,     \
                      int64_t m, int64_t n, const float *bias) {                                                \
-        if (n >= (ax_q8_0_x(wt) ? AX_MIN_N_B32 : AX_MIN_N_K)) ax_gemm(wt, y, ldy, (const char *)x, xs, (const char *)w, ws, K, m, n, bias);       \
+        if (n >= ax_min_n(wt)) ax_gemm(wt, y, ldy, (const char *)x, xs, (const char *)w, ws, K, m, n, bias);    \
         else peri_qmm_avx512vnni[wt].fn(y, ldy, x, xs, w, ws, K, m, n, bias);                                  \
     }
 AX_MM(ax_q8_0, PERI_TYPE_Q8_0)
