@@ -633,7 +633,7 @@ static void test_qdot_level(void) {
 // one, passes over 1024 values with a partial one, panels of 32 weight rows with a partial one and one of 16 or fewer,
 // chunks of 256 values with a partial last one (Q4_0_X16: whole groups of 512). The AMX path starts at 8 x rows for
 // Q8_0, 16 for Q4_0 and 32 for the K-quants.
-static void test_amx_level(void) {
+static void test_amx_level(peri_pool *pool) {
     if (peri_kernels_level() != PERI_KERNELS_AVX512AMX) return;
     static const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K};
     static const int64_t shapes[][3] = {{9, 45, 16}, {3, 31, 33}, {40, 64, 47}, {17, 1, 64}, {5, 70, 530}, {1, 33, 75}, {2, 20, 9}};
@@ -667,6 +667,33 @@ static void test_amx_level(void) {
         }
         CHECKF(ok, "AMX GEMM %s against the vpdpbusd GEMM", peri_type_traits(type)->name);
     }
+    // Q8_0_T prefill (n > PERI_T_SPARSE_ROWS, with the pool's scratch for x) packs the layout's code rows straight into
+    // the panels (q8t_qmm): the same bytes, so the same bits as the Q8_0 rows' GEMM; m with partial panels and split
+    // over the threads, passes over 1024 values with a partial one.
+    static const int64_t tshapes[][3] = {{100, 1280, 70}, {64, 2112, 530}, {250, 320, 90}};
+    int okt = 1;
+    for (size_t si = 0; si < sizeof tshapes / sizeof tshapes[0]; si++) {
+        const int64_t m = tshapes[si][0], K = tshapes[si][1], n = tshapes[si][2];
+        const size_t bytes = (size_t)m * peri_row_size(PERI_TYPE_Q8_0, K);
+        float *wf = malloc(sizeof(float) * (size_t)(m * K)), *x = malloc(sizeof(float) * (size_t)(n * K));
+        float *y = malloc(sizeof(float) * (size_t)(n * m)), *yr = malloc(sizeof(float) * (size_t)(n * m));
+        char *w = make_weight(PERI_TYPE_Q8_0, m, K, wf), *wt = malloc(bytes);
+        peri_t_from(PERI_TYPE_Q8_0_T, wt, w, m, K);
+        for (int64_t i = 0; i < n * K; i++) x[i] = irand(0, 99) < 50 ? 0.0f : frand();
+        const peri_tensor W = {.name = "w", .type = PERI_TYPE_Q8_0, .n_dims = 2, .shape = {m, K}, .data = w, .nbytes = bytes};
+        const peri_tensor T = {.name = "t", .type = PERI_TYPE_Q8_0_T, .n_dims = 2, .shape = {m, K}, .data = wt, .nbytes = bytes};
+        CHECK(peri_matmul_reserve(pool, K, n, peri_by_inputs_bit(PERI_TYPE_Q8_0_T)) == PERI_OK);
+        peri_matmul(pool, yr, x, &W, NULL, n);
+        peri_matmul_t(pool, y, x, &T, n);
+        for (int64_t i = 0; i < n * m && okt; i++)
+            if (!(y[i] == yr[i])) {
+                fprintf(stderr, "amx matmul_t q8_0_t m=%lld K=%lld n=%lld [%lld][%lld]: %.9g, rows %.9g\n", (long long)m,
+                        (long long)K, (long long)n, (long long)(i / m), (long long)(i % m), y[i], yr[i]);
+                okt = 0;
+            }
+        free(wf), free(x), free(y), free(yr), free(w), free(wt);
+    }
+    CHECKF(okt, "AMX GEMM from Q8_0_T against the Q8_0 rows");
 }
 #endif
 
@@ -1123,7 +1150,7 @@ int main(int argc, char **argv) {
         test_by_inputs_level(pool);
         test_qdot_level();
 #if PERI_HAVE_AMX
-        test_amx_level();
+        test_amx_level(pool);
 #endif
         test_quantize_level();
         test_modes_level(pool);

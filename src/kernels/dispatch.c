@@ -82,9 +82,11 @@ static void kernels_init(void) {
                                                       PERI_KERNELS_AVX512FP16, peri_mm_avx512fp16);
 #endif
 #if PERI_HAVE_AMX
-    if (g_sets[PERI_KERNELS_AVX512FP16] && c->amx_int8 && amx_permission())
+    if (g_sets[PERI_KERNELS_AVX512FP16] && c->amx_int8 && amx_permission()) {
         g_sets[PERI_KERNELS_AVX512AMX] = overlay_set(2, g_sets[PERI_KERNELS_AVX512FP16], "avx512amx",
                                                      PERI_KERNELS_AVX512AMX, peri_qmm_avx512amx);
+        g_overlay_sets[2].q8t_qmm = peri_amx_q8t_qmm;
+    }
 #endif
 #endif
 #if defined(__aarch64__)
@@ -625,6 +627,7 @@ struct t_job {
     int64_t m, K, n;
     int x_type;                       // up to peri_t_sparse_rows: what x is rounded to (peri_t_nn)
     void (*gemm)(float *, int64_t, const float *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
+    void (*qgemm)(float *, int64_t, const void *, size_t, const void *, int64_t, int64_t, int64_t, int64_t, int64_t);
     char *panels;                     // prefill: per thread, a chunk of T_CHUNK_ROWS of the base type's rows
     size_t pstride;
 };
@@ -646,6 +649,11 @@ static void t_task(void *arg, int ith, int nth) {
     if (j->gemm) {   // straight from the layout
         const int64_t j0 = (int64_t)lo * P, j1 = (int64_t)hi * P < m ? hi * P : m;
         if (j0 < j1) j->gemm(j->y + j0, m, j->x, K, j->c, m, j0, j1 - j0, K, n);
+        return;
+    }
+    if (j->qgemm) {   // straight from the layout, x quantized
+        const int64_t j0 = (int64_t)lo * P, j1 = (int64_t)hi * P < m ? hi * P : m;
+        if (j0 < j1) j->qgemm(j->y + j0, m, j->xq, j->xrs, j->c, m, j0, j1 - j0, K, n);
         return;
     }
     char *panel = j->panels + (size_t)ith * j->pstride;
@@ -735,7 +743,9 @@ void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor 
     const struct peri_type_traits *xtt = peri_type_traits(xt);
     j.xrs = xt == PERI_TYPE_F32 ? (size_t)K * sizeof(float) : peri_row_size(xt, K);
     const size_t xbytes = xt == PERI_TYPE_F32 ? 0 : j.xrs * (size_t)n;
-    char *buf = peri_pool_scratch_acquire(pool, t_prefill_bytes(nth, xbytes, t_panel_bytes(W->type, K)));
+    // Q8_0_T with Q8_0 x where the level packs the layout itself: scratch for x only
+    if (W->type == PERI_TYPE_Q8_0_T && xt == PERI_TYPE_Q8_0 && j.e->fn && ks->q8t_qmm) j.qgemm = ks->q8t_qmm;
+    char *buf = peri_pool_scratch_acquire(pool, j.qgemm ? t_align(xbytes) : t_prefill_bytes(nth, xbytes, t_panel_bytes(W->type, K)));
     if (!buf || (xt != PERI_TYPE_F32 && !xtt->from_float)) {   // no scratch: the decode kernel, 4 rows at a time
         if (buf) peri_pool_scratch_release(pool);
         peri_t_nn(W->type, y, m, x, K, W->data, m, 0, m, K / peri_t_group(W->type), n, j.x_type);

@@ -60,6 +60,11 @@ struct peri_kernel_set {
     // codes as it packs them), used where the level's Q8_0 entry for n rows takes float x; NULL: Q8_0 panels instead.
     void (*q8t_mm)(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw, int64_t c0,
                    int64_t m, int64_t K, int64_t n);
+    // The same for x rows quantized to Q8_0 (xs bytes apart) with integer sums, where the level's Q8_0 entry for n rows
+    // takes Q8_0 x (packing the layout's code rows straight into its panels); NULL: the rows turned back (peri_t_rows)
+    // for that entry.
+    void (*q8t_qmm)(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0, int64_t m,
+                    int64_t K, int64_t n);
     // Rows of a weight type as float32 (peri_get_row; the F16 entry also serves peri_f16_to_f32_row), by weight
     // type; NULL: the type's reference to_float.
     // Same values as the reference (docs/kernels.md says where an FMA may round once instead of twice).
@@ -111,6 +116,8 @@ extern const struct peri_mm_kernel peri_mm_avx512fp16[PERI_TYPE_COUNT];
 #if PERI_HAVE_AVX512FP16 && defined(__linux__)
 #define PERI_HAVE_AMX 1
 extern const struct peri_mm_kernel peri_qmm_avx512amx[PERI_TYPE_COUNT];
+void peri_amx_q8t_qmm(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0, int64_t m,
+                      int64_t K, int64_t n);
 #else
 #define PERI_HAVE_AMX 0
 #endif

@@ -16,6 +16,7 @@
 
 #if PERI_HAVE_AMX
 #include "tensor/quants.h"
+#include "tensor/repack.h"
 
 #include <immintrin.h>
 #include <stddef.h>
@@ -161,12 +162,44 @@ PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const c
 }
 #undef AX_ISSUE
 
-// y[i][j] = dot(x row i, w row j) + bias[j] for i < n, j < m; x quantized (Q8_0 or Q8_K rows, xs bytes apart).
+// A panel from rows r0 .. r0 + mrows - 1 of an mw x K Q8_0_T weight c (tensor/repack.h: per group of 32 inputs the
+// rows' F16 scales, then one row of mw codes per input), values k0 .. k0 + kc - 1: the same bytes gb_pack makes of
+// those rows in Q8_0 (signed codes), without turning them back into rows first. Per 4 inputs and 16 rows, 4 byte rows
+// are interleaved into [row][4 inputs]; rows past mrows are not read (masked loads) and get zero codes and scales.
+PERI_INLINE void ax_pack_q8t(struct gb_panel *P, const char *c, int64_t mw, int64_t r0, int mrows, int64_t k0,
+                             int64_t kc) {
+    const size_t gs = peri_t_group_bytes_of(PERI_T_Q8_0, mw), off = peri_t_codes_offset(PERI_T_Q8_0, mw);
+    for (int h = 0; h < 2; h++) {
+        const int valid = mrows - 16 * h;
+        const __mmask16 mk = valid >= 16 ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
+        for (int64_t bb = 0; bb < kc / 32; bb++) {
+            const char *grp = c + (size_t)((k0 / 32) + bb) * gs;
+            const __m256i d = _mm256_maskz_loadu_epi16(mk, grp + 2 * (size_t)(r0 + 16 * h));
+            _mm512_store_ps(&P->s[bb][16 * h], _mm512_cvtph_ps(d));
+            const char *q = grp + off + (size_t)(r0 + 16 * h);
+            for (int t = 0; t < 8; t++) {
+                const char *qt = q + (size_t)(4 * t) * (size_t)mw;
+                const __m128i a = _mm_maskz_loadu_epi8(mk, qt), b = _mm_maskz_loadu_epi8(mk, qt + mw);
+                const __m128i e = _mm_maskz_loadu_epi8(mk, qt + 2 * mw), f = _mm_maskz_loadu_epi8(mk, qt + 3 * mw);
+                const __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+                const __m128i ef0 = _mm_unpacklo_epi8(e, f), ef1 = _mm_unpackhi_epi8(e, f);
+                uint8_t *dst = P->codes + (size_t)(8 * bb + t) * (GB_ROWS * 4) + 64 * h;
+                _mm_store_si128((__m128i *)dst, _mm_unpacklo_epi16(ab0, ef0));
+                _mm_store_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(ab0, ef0));
+                _mm_store_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(ab1, ef1));
+                _mm_store_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(ab1, ef1));
+            }
+        }
+    }
+}
+
+// y[i][j] = dot(x row i, w row j) + bias[j] for i < n, j < m; x quantized (Q8_0 or Q8_K rows, xs bytes apart). With
+// tmw > 0, w is instead an tmw x K Q8_0_T weight and its rows tc0 .. tc0 + m - 1 are the ones multiplied (ws unused).
 // Blocks of AX_XB x rows by panels of 32 weight rows carry their sums over K in tot (64 KB), so y is written once:
 // writing y per chunk (as the vpdpbusd GEMM does) cost 5% more here, y rows a power of two apart falling into few cache
 // sets. A panel is packed once per block of x rows: 512 rows (rather than 256) made Q8_0 and Q4_K 1.07-1.15x as fast.
 static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, const char *w, size_t ws, int64_t K,
-                    int64_t m, int64_t n, const float *bias) {
+                    int64_t m, int64_t n, const float *bias, int64_t tmw, int64_t tc0) {
     struct gb_panel P[AX_KS / GB_KC];
     _Alignas(64) float tot[AX_XB][GB_ROWS];
     _Alignas(64) int8_t pad[16 * AX_KS]; // a short pass's x codes, rows past the end zero
@@ -186,7 +219,8 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
             for (int64_t k0 = 0; k0 < K; k0 += AX_KS) {
                 const int64_t kc = K - k0 < AX_KS ? K - k0 : AX_KS;
                 for (int64_t kk = 0; kk < kc; kk += GB_KC)
-                    gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC, 1);
+                    if (tmw) ax_pack_q8t(&P[kk / GB_KC], w, tmw, tc0 + j, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC);
+                    else gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC, 1);
                 for (int64_t i = 0; i < full; i += 16)
                     for (int h = 0; h < halves; h++)
                         ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0);
@@ -213,7 +247,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
 #define AX_MM(name, wt)                                                                                        \
     static void name(float *y, int64_t ldy, const void *x, size_t xs, const void *w, size_t ws, int64_t K,     \
                      int64_t m, int64_t n, const float *bias) {                                                \
-        if (n >= ax_min_n(wt)) ax_gemm(wt, y, ldy, (const char *)x, xs, (const char *)w, ws, K, m, n, bias);    \
+        if (n >= ax_min_n(wt)) ax_gemm(wt, y, ldy, (const char *)x, xs, (const char *)w, ws, K, m, n, bias, 0, 0); \
         else peri_qmm_avx512vnni[wt].fn(y, ldy, x, xs, w, ws, K, m, n, bias);                                  \
     }
 AX_MM(ax_q8_0, PERI_TYPE_Q8_0)
@@ -222,6 +256,11 @@ AX_MM(ax_q4_0_x16, PERI_TYPE_Q4_0_X16)
 AX_MM(ax_q4_K, PERI_TYPE_Q4_K)
 AX_MM(ax_q6_K, PERI_TYPE_Q6_K)
 #undef AX_MM
+
+void peri_amx_q8t_qmm(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0, int64_t m,
+                      int64_t K, int64_t n) {
+    ax_gemm(PERI_TYPE_Q8_0, y, ldy, (const char *)xq, xs, (const char *)c, 0, K, m, n, NULL, mw, c0);
+}
 
 #if defined(__clang__)
 #pragma clang attribute pop
