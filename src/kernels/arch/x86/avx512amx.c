@@ -122,11 +122,12 @@ PERI_INLINE void ax_scale(int wt, __m512 acc[16], const int32_t (*c)[16], __m512
 // (first, for the chunk at value 0: tot = bias + its sums), as the vpdpbusd GEMM adds each chunk into y. pad: NULL,
 // or the rows' codes from k0 in a zero-padded copy (rows AX_KS bytes apart) for a short pass. A group's sums are
 // scaled while the next group's tile product runs: reading them back at once waits for the tile store (about 20%
-// slower in a probe), and so does the last group of a pass, which is why passes span several chunks.
+// slower in a probe), and so does the last group of a pass, which is why passes span several chunks. d, e: the rows'
+// scales per group (ax_xscales), gathered by half 0 and read by half 1 (the gathers took about 15% of the time).
 PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const char *xr, size_t xs, int64_t k0, int rv,
-                         const int8_t *pad, int64_t ng, float (*tot)[GB_ROWS], const float *bias, __mmask16 mk) {
+                         const int8_t *pad, int64_t ng, float (*tot)[GB_ROWS], const float *bias, __mmask16 mk,
+                         float (*d)[16], float (*e)[16]) {
     _Alignas(64) int32_t c[2][16][16];
-    _Alignas(64) float d[2][16], e[2][16];
     const int64_t gpc = GB_KC / G; // groups per chunk
     __m512 acc[16];
     PERI_UNROLL for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
@@ -141,14 +142,14 @@ PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const c
             }
             if (g & 1) _tile_stored(5, c[1], 64);
             else _tile_stored(4, c[0], 64);
-            ax_xscales(wt, xr, xs, rv, k0 + g * G, d[g & 1], e[g & 1]);
+            if (!h) ax_xscales(wt, xr, xs, rv, k0 + g * G, d[g], e[g]);
         }
         if (!g) continue;
         const int64_t p = g - 1;
         const struct gb_panel *Pp = &P[p / gpc];
         const int64_t q = p % gpc;
-        ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(Pp->s[q] + 16 * h), d[p & 1],
-                 wt == PERI_TYPE_Q4_K ? _mm512_load_ps(Pp->mn[q] + 16 * h) : _mm512_setzero_ps(), e[p & 1]);
+        ax_scale(wt, acc, (const int32_t(*)[16])c[p & 1], _mm512_load_ps(Pp->s[q] + 16 * h), d[p],
+                 wt == PERI_TYPE_Q4_K ? _mm512_load_ps(Pp->mn[q] + 16 * h) : _mm512_setzero_ps(), e[p]);
         if (q == gpc - 1 || p == ng - 1) { // the chunk's sums into tot
             const int first = k0 + p / gpc * GB_KC == 0;
             for (int r = 0; r < rv; r++) {
@@ -203,6 +204,8 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
     struct gb_panel P[AX_KS / GB_KC];
     _Alignas(64) float tot[AX_XB][GB_ROWS];
     _Alignas(64) int8_t pad[16 * AX_KS]; // a short pass's x codes, rows past the end zero
+    // a pass's x scales per group (and Q4_K's e), gathered by the first half of the panel and read by the second
+    _Alignas(64) float d[AX_KS / 16][16], e[AX_KS / 16][16];
     const int G = GB_G(wt);
     ax_config(G);
     for (int64_t ib = 0; ib < n; ib += AX_XB) {
@@ -223,7 +226,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
                     else gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC, 1);
                 for (int64_t i = 0; i < full; i += 16)
                     for (int h = 0; h < halves; h++)
-                        ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0);
+                        ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0, d, e);
                 if (rest) {
                     memset(pad, 0, sizeof pad);
                     for (int r = 0; r < rest; r++)
@@ -231,7 +234,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
                             memcpy(pad + (size_t)r * AX_KS + k, ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k), 32);
                     for (int h = 0; h < halves; h++)
                         ax_pass(wt, G, P, h, xb + (size_t)full * xs, xs, k0, rest, pad, kc / G, tot + full, bj,
-                                h ? m1 : m0);
+                                h ? m1 : m0, d, e);
                 }
             }
             for (int64_t i = 0; i < nx; i++) {
