@@ -745,7 +745,8 @@ void peri_matmul_t(peri_pool *pool, float *y, const float *x, const peri_tensor 
     const size_t xbytes = xt == PERI_TYPE_F32 ? 0 : j.xrs * (size_t)n;
     // Q8_0_T with Q8_0 x where the level packs the layout itself: scratch for x only
     if (W->type == PERI_TYPE_Q8_0_T && xt == PERI_TYPE_Q8_0 && j.e->fn && ks->q8t_qmm) j.qgemm = ks->q8t_qmm;
-    char *buf = peri_pool_scratch_acquire(pool, j.qgemm ? t_align(xbytes) : t_prefill_bytes(nth, xbytes, t_panel_bytes(W->type, K)));
+    char *buf = peri_pool_scratch_acquire(
+        pool, j.qgemm ? t_align(xbytes) : t_prefill_bytes(nth, xbytes, t_panel_bytes(W->type, K)));
     if (!buf || (xt != PERI_TYPE_F32 && !xtt->from_float)) {   // no scratch: the decode kernel, 4 rows at a time
         if (buf) peri_pool_scratch_release(pool);
         peri_t_nn(W->type, y, m, x, K, W->data, m, 0, m, K / peri_t_group(W->type), n, j.x_type);

@@ -50,7 +50,8 @@ static void detect(void) {
             c.avx512vl = c.avx512f && ((b >> 31) & 1);
             c.avx512vnni = c.avx512f && ((cx >> 11) & 1);
             c.avx512fp16 = c.avx512f && ((d >> 23) & 1);
-            c.amx_int8 = c.avx512f && ((d >> 24) & 1) && ((d >> 25) & 1) && (xcr0 & 0x60000) == 0x60000; // XTILECFG, XTILEDATA
+            // AMX-TILE, AMX-INT8; XCR0 bits 17-18: XTILECFG, XTILEDATA
+            c.amx_int8 = c.avx512f && ((d >> 24) & 1) && ((d >> 25) & 1) && (xcr0 & 0x60000) == 0x60000;
             unsigned max_sub = a;
             if (max_sub >= 1) {
                 __cpuid_count(7, 1, a, b, cx, d);

@@ -42,7 +42,9 @@
 // M = 8192 (test_kernels --bench), AMX against vpdpbusd: Q8_0 1.17x at 8 rows, 1.66x at 16, 1.6x at 512; Q4_0 0.78x
 // at 8, 1.23x at 16 (Q4_0_X16 0.87x at 8, 1.0x at 12); Q4_K 1.06x at 32, 1.13x at 64, 1.43x at 512; Q6_K (tile
 // products of 16 values) 1.0x at 32 and 64, 1.12x at 512. Packing, shared by fewer x rows, is what costs at few rows.
-PERI_INLINE int ax_min_n(int wt) { return wt == PERI_TYPE_Q8_0 ? 8 : wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16 ? 16 : 32; }
+PERI_INLINE int ax_min_n(int wt) {
+    return wt == PERI_TYPE_Q8_0 ? 8 : wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16 ? 16 : 32;
+}
 
 // ldtilecfg's operand (palette 1).
 struct ax_cfg {
@@ -79,7 +81,8 @@ PERI_INLINE void ax_xscales(int wt, const char *xr, size_t xs, int rv, int64_t k
                                            _mm512_set1_epi32((int)xs));
     const __mmask16 mk = rv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rv) - 1);
     if (ax_q8_0_x(wt)) {
-        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, xr + (size_t)(k / 32) * sizeof(block_q8_0), 1);
+        const char *b = xr + (size_t)(k / 32) * sizeof(block_q8_0);
+        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, b, 1);
         _mm512_store_ps(d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)));
         return;
     }
@@ -88,7 +91,8 @@ PERI_INLINE void ax_xscales(int wt, const char *xr, size_t xs, int rv, int64_t k
     _mm512_store_ps(d, dv);
     if (wt == PERI_TYPE_Q4_K) {
         const size_t j = (size_t)(k % QK_K) / 32;
-        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, sb + offsetof(block_q8_K, bsums) + 4 * j, 1);
+        const char *bs = sb + offsetof(block_q8_K, bsums) + 4 * j;
+        __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, bs, 1);
         __m512i sum = _mm512_add_epi32(_mm512_srai_epi32(_mm512_slli_epi32(v, 16), 16), _mm512_srai_epi32(v, 16));
         _mm512_store_ps(e, _mm512_mul_ps(dv, _mm512_cvtepi32_ps(sum)));
     }
@@ -154,7 +158,9 @@ PERI_INLINE void ax_pass(int wt, int G, const struct gb_panel *P, int h, const c
             const int first = k0 + p / gpc * GB_KC == 0;
             for (int r = 0; r < rv; r++) {
                 float *t = tot[r] + 16 * h;
-                __m512 b = first ? (bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * h) : _mm512_setzero_ps()) : _mm512_load_ps(t);
+                __m512 b = _mm512_setzero_ps();
+                if (!first) b = _mm512_load_ps(t);
+                else if (bias) b = _mm512_maskz_loadu_ps(mk, bias + 16 * h);
                 _mm512_store_ps(t, _mm512_add_ps(b, acc[r]));
             }
             PERI_UNROLL for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
@@ -216,22 +222,27 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
         for (int64_t j = 0; j < m; j += GB_ROWS) {
             const int mrows = m - j < GB_ROWS ? (int)(m - j) : GB_ROWS;
             const __mmask16 m0 = mrows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << mrows) - 1);
-            const __mmask16 m1 = mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? 0 : (__mmask16)((1u << (mrows - 16)) - 1);
+            const __mmask16 m1 =
+                mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? 0 : (__mmask16)((1u << (mrows - 16)) - 1);
             const float *bj = bias ? bias + j : NULL;
             const int halves = mrows > 16 ? 2 : 1;
             for (int64_t k0 = 0; k0 < K; k0 += AX_KS) {
                 const int64_t kc = K - k0 < AX_KS ? K - k0 : AX_KS;
-                for (int64_t kk = 0; kk < kc; kk += GB_KC)
-                    if (tmw) ax_pack_q8t(&P[kk / GB_KC], w, tmw, tc0 + j, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC);
-                    else gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, kc - kk < GB_KC ? kc - kk : GB_KC, 1);
+                for (int64_t kk = 0; kk < kc; kk += GB_KC) {
+                    const int64_t pc = kc - kk < GB_KC ? kc - kk : GB_KC;
+                    if (tmw) ax_pack_q8t(&P[kk / GB_KC], w, tmw, tc0 + j, mrows, k0 + kk, pc);
+                    else gb_pack(wt, &P[kk / GB_KC], w + (size_t)j * ws, ws, mrows, k0 + kk, pc, 1);
+                }
                 for (int64_t i = 0; i < full; i += 16)
                     for (int h = 0; h < halves; h++)
-                        ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0, d, e);
+                        ax_pass(wt, G, P, h, xb + (size_t)i * xs, xs, k0, 16, NULL, kc / G, tot + i, bj, h ? m1 : m0, d,
+                                e);
                 if (rest) {
                     memset(pad, 0, sizeof pad);
                     for (int r = 0; r < rest; r++)
                         for (int64_t k = 0; k < kc; k += 32)
-                            memcpy(pad + (size_t)r * AX_KS + k, ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k), 32);
+                            memcpy(pad + (size_t)r * AX_KS + k, ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k),
+                                   32);
                     for (int h = 0; h < halves; h++)
                         ax_pass(wt, G, P, h, xb + (size_t)full * xs, xs, k0, rest, pad, kc / G, tot + full, bj,
                                 h ? m1 : m0, d, e);
@@ -260,8 +271,8 @@ AX_MM(ax_q4_K, PERI_TYPE_Q4_K)
 AX_MM(ax_q6_K, PERI_TYPE_Q6_K)
 #undef AX_MM
 
-void peri_amx_q8t_qmm(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0, int64_t m,
-                      int64_t K, int64_t n) {
+void peri_amx_q8t_qmm(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0,
+                      int64_t m, int64_t K, int64_t n) {
     ax_gemm(PERI_TYPE_Q8_0, y, ldy, (const char *)xq, xs, (const char *)c, 0, K, m, n, NULL, mw, c0);
 }
 
