@@ -39,7 +39,7 @@
 #define AX_XB 512   // x rows per block (their sums: 64 KB of stack)
 #define AX_KS 1024  // values per pass: 4 panels of 256 (44 KB of stack)
 // Below this many x rows the avx512vnni entry (its vpdpbusd GEMM or row kernels) is used. 2 threads, K = 2048,
-// M = 8192 (test_kernels --bench), AMX against vpdpbusd: Q8_0 1.17x at 8 rows, 1.66x at 16, 1.6x at 512; Q4_0 0.78x
+// M = 8192 (test_kernels --bench), AMX against vpdpbusd: Q8_0 1.17x at 8 rows, 1.66x at 16, 1.7x at 512; Q4_0 0.78x
 // at 8, 1.23x at 16 (Q4_0_X16 0.87x at 8, 1.0x at 12); Q4_K 1.06x at 32, 1.13x at 64, 1.43x at 512; Q6_K (tile
 // products of 16 values) 1.0x at 32 and 64, 1.12x at 512. Packing, shared by fewer x rows, is what costs at few rows.
 PERI_INLINE int ax_min_n(int wt) {
