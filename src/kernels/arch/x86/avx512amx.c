@@ -66,21 +66,12 @@ static void ax_config(int G) {
     _tile_loadconfig(&c);
 }
 
-PERI_INLINE int ax_q8_0_x(int wt) { return wt == PERI_TYPE_Q8_0 || wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16; }
-
-// The first x code of value k of a row (Q8_0 rows for Q8_0/Q4_0 weights, Q8_K for the K-quants).
-PERI_INLINE const int8_t *ax_xcodes(int wt, const char *xrow, int64_t k) {
-    if (ax_q8_0_x(wt)) return ((const block_q8_0 *)xrow)[k / 32].qs + k % 32;
-    return ((const block_q8_K *)xrow)[k / QK_K].qs + k % QK_K;
-}
-
 // The x scales of rows 0 .. rv - 1 (rv <= 16, xs bytes apart from xr) at value k, gathered: d[r] (Q8_0: the block's;
 // Q8_K: the super-block's) and for Q4_K e[r] = d * Σ x of the 32-value sub-block (from bsums). Rows past rv get 0.
 PERI_INLINE void ax_xscales(int wt, const char *xr, size_t xs, int rv, int64_t k, float *d, float *e) {
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)xs));
-    const __mmask16 mk = rv >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rv) - 1);
-    if (ax_q8_0_x(wt)) {
+    const __m512i idx = gb_rows_index(xs);
+    const __mmask16 mk = gb_rows_mask(rv);
+    if (gb_q8_0_x(wt)) {
         const char *b = xr + (size_t)(k / 32) * sizeof(block_q8_0);
         __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, b, 1);
         _mm512_store_ps(d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)));
@@ -114,7 +105,7 @@ PERI_INLINE void ax_scale(int wt, __m512 acc[16], const int32_t (*c)[16], __m512
     do {                                                                                                       \
         const int64_t k_ = (int64_t)(g) * G;                                                                   \
         if (pad) _tile_loadd(TA, pad + k_, AX_KS);                                                             \
-        else _tile_loadd(TA, ax_xcodes(wt, xr, k0 + k_), (long)xs);                                            \
+        else _tile_loadd(TA, gb_xcodes(wt, xr, k0 + k_), (long)xs);                                            \
         _tile_loadd(TB, P[k_ / GB_KC].codes + (size_t)(k_ % GB_KC / 4) * (GB_ROWS * 4) + 64 * h, GB_ROWS * 4);  \
         _tile_zero(TC);                                                                                        \
         if (wt == PERI_TYPE_Q4_K) _tile_dpbsud(TC, TA, TB); /* x signed, weights unsigned */                   \
@@ -177,8 +168,7 @@ PERI_INLINE void ax_pack_q8t(struct gb_panel *P, const char *c, int64_t mw, int6
                              int64_t kc) {
     const size_t gs = peri_t_group_bytes_of(PERI_T_Q8_0, mw), off = peri_t_codes_offset(PERI_T_Q8_0, mw);
     for (int h = 0; h < 2; h++) {
-        const int valid = mrows - 16 * h;
-        const __mmask16 mk = valid >= 16 ? (__mmask16)0xFFFF : valid <= 0 ? 0 : (__mmask16)((1u << valid) - 1);
+        const __mmask16 mk = gb_rows_mask(mrows - 16 * h);
         for (int64_t bb = 0; bb < kc / 32; bb++) {
             const char *grp = c + (size_t)((k0 / 32) + bb) * gs;
             const __m256i d = _mm256_maskz_loadu_epi16(mk, grp + 2 * (size_t)(r0 + 16 * h));
@@ -221,9 +211,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
         const int rest = (int)(nx - full);
         for (int64_t j = 0; j < m; j += GB_ROWS) {
             const int mrows = m - j < GB_ROWS ? (int)(m - j) : GB_ROWS;
-            const __mmask16 m0 = mrows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << mrows) - 1);
-            const __mmask16 m1 =
-                mrows >= 32 ? (__mmask16)0xFFFF : mrows <= 16 ? 0 : (__mmask16)((1u << (mrows - 16)) - 1);
+            const __mmask16 m0 = gb_rows_mask(mrows), m1 = gb_rows_mask(mrows - 16);
             const float *bj = bias ? bias + j : NULL;
             const int halves = mrows > 16 ? 2 : 1;
             for (int64_t k0 = 0; k0 < K; k0 += AX_KS) {
@@ -241,7 +229,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
                     memset(pad, 0, sizeof pad);
                     for (int r = 0; r < rest; r++)
                         for (int64_t k = 0; k < kc; k += 32)
-                            memcpy(pad + (size_t)r * AX_KS + k, ax_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k),
+                            memcpy(pad + (size_t)r * AX_KS + k, gb_xcodes(wt, xb + (size_t)(full + r) * xs, k0 + k),
                                    32);
                     for (int h = 0; h < halves; h++)
                         ax_pass(wt, G, P, h, xb + (size_t)full * xs, xs, k0, rest, pad, kc / G, tot + full, bj,
