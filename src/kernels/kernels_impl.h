@@ -139,15 +139,25 @@ const struct peri_kernel_set *peri_kernels_current(void);
 #endif
 #define PERI_INLINE static inline __attribute__((always_inline))
 
-// The y = x C kernels (peri_matmul_nn's, few x rows) read C's K rows, cs bytes apart, in order: one stream that the
-// hardware prefetchers take up too late. They ask for the whole of row r ahead (nothing past row K - 1), and before
-// their loop for rows 0 .. pf - 1.
+// The y = x C kernels (peri_matmul_nn's, few x rows) read C's K rows, cs bytes apart, all of each row. In order they
+// would be one short stream (a head's 128 rows of W_kb: 36 KB as Q4_0) that the hardware prefetchers take up too
+// late, so they take them as PERI_NN_STREAMS interleaved streams, step k reading row peri_nn_row(k, K): rows 0,
+// K/4, K/2, 3K/4, 1, K/4 + 1, ... (docs/kernels.md, "4 streams"; 4 made a cold Q4_0 W_kb head 1.2x as fast as 1,
+// 8 and 16 no faster than 4). They ask for the whole of the row of step k ahead (nothing past step K - 1), and
+// before their loop for steps 0 .. pf - 1.
+#define PERI_NN_STREAMS 4
+PERI_INLINE int64_t peri_nn_row(int64_t k, int64_t K) {
+    return K % PERI_NN_STREAMS ? k : k % PERI_NN_STREAMS * (K / PERI_NN_STREAMS) + k / PERI_NN_STREAMS;
+}
 PERI_INLINE void peri_nn_prefetch_row(const char *c, size_t cs, int64_t r, int64_t K) {
     if (r < K)
         for (size_t o = 0; o < cs; o += 64) __builtin_prefetch(c + (size_t)r * cs + o, 0, 3);
 }
+PERI_INLINE void peri_nn_prefetch_step(const char *c, size_t cs, int64_t k, int64_t K) {
+    if (k < K) peri_nn_prefetch_row(c, cs, peri_nn_row(k, K), K);
+}
 PERI_INLINE void peri_nn_prefetch_start(const char *c, size_t cs, int64_t K, int64_t pf) {
-    for (int64_t r = 0; r < pf; r++) peri_nn_prefetch_row(c, cs, r, K);
+    for (int64_t k = 0; k < pf; k++) peri_nn_prefetch_step(c, cs, k, K);
 }
 
 // The row order of the decode (n == 1) kernels (docs/kernels.md, "4 streams"): passes of R rows (a constant) taken

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 // y[n x M] = x[n x K] . W^T (+ bias[M]), W a [M x K] weight of any supported type (rows in place).
-// Work is split over the rows of W. bias may be NULL.
+// Work is split over the rows of W. bias may be NULL; y must not overlap x or bias (kernels keep partial sums in y).
 void peri_matmul(peri_pool *pool, float *y, const float *x, const peri_tensor *W, const float *bias, int64_t n);
 void peri_matmul_ref(peri_pool *pool, float *y, const float *x, const peri_tensor *W, const float *bias, int64_t n);
 

@@ -1175,7 +1175,7 @@ static void relu_sq_task(void *arg, int ith, int nth) {
 
 static void rmsnorm_rows(float *y, const float *xs, const float *w, int64_t n_rows, int64_t d, int64_t ldx,
                          float eps) {
-    for (int64_t i = 0; i < n_rows; i++) peri_rmsnorm_ref(y + i * d, xs + i * ldx, w, d, eps);
+    for (int64_t i = 0; i < n_rows; i++) peri_rmsnorm(y + i * d, xs + i * ldx, w, d, eps);
 }
 
 // One micro-batch: tokens [i0, i0+T) of every batch row, all layers, then the logits it owes.
@@ -1216,7 +1216,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
         peri_matmul(c->pool, x->a, x->h, L->wkva, NULL, N);
         for (int64_t n = 0; n < N; n++) {
             float *an = x->a + n * (R + rope);
-            peri_rmsnorm_ref(an, an, L->kva_norm, R, p->eps);
+            peri_rmsnorm(an, an, L->kva_norm, R, p->eps);
             const float *cs = x->cos_tab + x->row_pos[n] * half, *sn = x->sin_tab + x->row_pos[n] * half;
             peri_rope_apply(an + R, (int)rope, cs, sn, 1);
             for (int64_t h = 0; h < H; h++) peri_rope_apply(x->q + (n * H + h) * dk + nope, (int)rope, cs, sn, 1);
@@ -1301,7 +1301,7 @@ static int plm_ubatch(peri_context *c, const struct peri_batch *b, int64_t i0, i
             peri_model_output(c, c->logits + (r * b->n_tokens + i0) * c->model->n_out, x->h + r * T * D, T, p->output, NULL);
     } else if (last) {
         for (int64_t r = 0; r < b->n_seq; r++)
-            peri_rmsnorm_ref(x->tmp + r * D, x->x + (r * T + T - 1) * D, p->out_norm, D, p->eps);
+            peri_rmsnorm(x->tmp + r * D, x->x + (r * T + T - 1) * D, p->out_norm, D, p->eps);
         peri_model_output(c, c->logits, x->tmp, b->n_seq, p->output, NULL);
     }
     return PERI_OK;

@@ -531,10 +531,11 @@ PERI_INLINE void mm_q_nn(int wt, float *y, int64_t ldy, const float *x, int64_t 
             const int nb = (int)((m - j0 < 256 ? m - j0 : 256) / 32);
             __m512 acc[16];
             PERI_UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < K; k++) {
+            for (int64_t s = 0; s < K; s++) {
+                const int64_t k = peri_nn_row(s, K);
                 const char *row = (const char *)c + (size_t)k * cs;
                 const float a = xi[k];
-                if (i == 0 && j0 == 0) peri_nn_prefetch_row(c, cs, k + NN_PF_ROWS, K);
+                if (i == 0 && j0 == 0) peri_nn_prefetch_step(c, cs, s + NN_PF_ROWS, K);
                 // a times each block's scale, through memory: broadcasts from memory take a load port, not the
                 // shuffle port that the code lookups need (twice as fast in L1)
                 _Alignas(64) float fs[16] = {0};
@@ -603,9 +604,10 @@ static void mm_q4_K_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const
         for (int64_t j0 = 0; j0 < m; j0 += QK_K) {
             __m512 acc[16];
             PERI_UNROLL for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < K; k++) {
+            for (int64_t s = 0; s < K; s++) {
+                const int64_t k = peri_nn_row(s, K);
                 const char *row = (const char *)c + (size_t)k * cs;
-                if (i == 0 && j0 == 0) peri_nn_prefetch_row(c, cs, k + NN_PF_ROWS, K);
+                if (i == 0 && j0 == 0) peri_nn_prefetch_step(c, cs, s + NN_PF_ROWS, K);
                 const block_q4_K *bb = (const block_q4_K *)row + j0 / QK_K;
                 const __m512 a = _mm512_set1_ps(xi[k]);
                 const __m128i sm = q_k4_scales_v(bb->scales);   // scales of sub-blocks 0..7, then their mins
