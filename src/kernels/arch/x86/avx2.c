@@ -623,7 +623,8 @@ PERI_INLINE void qnn_rows(int wt, float *y, int64_t ldy, const float *x, int64_t
     for (int64_t i = 0; i < n; i++) {
         float *yr = y + i * ldy;
         memset(yr, 0, sizeof(float) * (size_t)m);
-        for (int64_t k = 0; k < K; k++) {
+        for (int64_t s = 0; s < K; s++) {
+            const int64_t k = peri_nn_row(s, K);
             const char *row = c + (size_t)k * cs;
             const float a = x[i * ldx + k];
             for (int64_t b = 0; b < m / bs; b++) {
