@@ -229,6 +229,67 @@ static int nn_matches(const char *what, int type, const float *y, int64_t ldy, c
     return 1;
 }
 
+// peri_attn_scores against float64 sums, F32 and F16 keys in padded rows: 1 to 40 queries (groups of 16 and a rest),
+// key counts around the tiles (16 keys a tile with AVX-512, 6 with AVX2 and NEON), D around the kernels' chunks (64
+// values of a key converted at a time, 512 of the queries transposed at a time); the padding of s stays untouched.
+static void test_attn_scores_level(void) {
+    const char *lvl = peri_kernels_level_name(peri_kernels_level());
+    const int64_t Ds[] = {1, 20, 63, 64, 65, 100, 576, 1100}, nks[] = {1, 5, 6, 7, 16, 17, 33}, nqs[] = {1, 2, 15, 16, 17, 40};
+    int bad = 0;
+    for (int ti = 0; ti < 2 && !bad; ti++) {
+        const int kt = ti ? PERI_TYPE_F16 : PERI_TYPE_F32;
+        const size_t esz = ti ? 2 : 4;
+        for (size_t a = 0; a < sizeof Ds / sizeof Ds[0] && !bad; a++)
+            for (size_t b = 0; b < sizeof nks / sizeof nks[0] && !bad; b++)
+                for (size_t c = 0; c < sizeof nqs / sizeof nqs[0] && !bad; c++) {
+                    const int64_t D = Ds[a], nk = nks[b], nq = nqs[c], ldq = D + 5, lds = nk + 3;
+                    if (D > 600 && nq != 16 && nq != 17) continue;
+                    const size_t krs = (size_t)(D + 3) * esz;
+                    float *q = malloc(sizeof(float) * (size_t)(nq * ldq)), *kf = malloc(sizeof(float) * (size_t)(nk * D));
+                    float *sc = malloc(sizeof(float) * (size_t)(nq * lds));
+                    char *k = malloc(krs * (size_t)nk);
+                    for (int64_t i = 0; i < nq * ldq; i++) q[i] = frand();
+                    for (int64_t j = 0; j < nk; j++)
+                        for (int64_t d = 0; d < D; d++) {
+                            float v = frand();
+                            if (ti) {
+                                uint16_t h = peri_f32_to_f16(v);
+                                memcpy(k + (size_t)j * krs + 2 * (size_t)d, &h, 2);
+                                v = peri_f16_to_f32(h);
+                            } else {
+                                memcpy(k + (size_t)j * krs + 4 * (size_t)d, &v, 4);
+                            }
+                            kf[j * D + d] = v;
+                        }
+                    for (int64_t i = 0; i < nq * lds; i++) sc[i] = 12345.0f;
+                    peri_attn_scores(sc, lds, q, ldq, nq, kt, k, krs, nk, D);
+                    for (int64_t i = 0; i < nq && !bad; i++)
+                        for (int64_t j = 0; j < lds && !bad; j++) {
+                            double ref = 12345.0, mag = 0, tol = 0;
+                            if (j < nk) {
+                                ref = 0;
+                                for (int64_t d = 0; d < D; d++) {
+                                    ref += (double)q[i * ldq + d] * kf[j * D + d];
+                                    mag += fabs((double)q[i * ldq + d] * kf[j * D + d]);
+                                }
+                                tol = 1e-5 * mag;
+                            }
+                            if (!(fabs(sc[i * lds + j] - ref) <= tol)) {
+                                fprintf(stderr, "attn_scores %s %s D=%lld nk=%lld nq=%lld: s[%lld][%lld] = %.9g, ref %.9g\n",
+                                        lvl, peri_type_name(kt), (long long)D, (long long)nk, (long long)nq, (long long)i,
+                                        (long long)j, sc[i * lds + j], ref);
+                                bad = 1;
+                            }
+                        }
+                    free(q), free(kf), free(sc), free(k);
+                }
+    }
+    CHECKF(!bad, "attn_scores at level %s", lvl);
+    float s1 = 0, q1 = 1, k1 = 1;
+    peri_attn_scores(&s1, 1, &q1, 1, 1, PERI_TYPE_Q8_0, &k1, 4, 1, 1);   // keys of another type: NaN and an error
+    CHECK(isnan(s1));
+}
+
 // peri_matmul_nn with C rows of a block type (m a multiple of the block size, rows longer than m), against a float64
 // sum over the reference dequantizer's values, and against peri_matmul_nn_ref; y's padding must stay untouched.
 static void test_matmul_nn_blocks(int type) {
@@ -1147,6 +1208,7 @@ int main(int argc, char **argv) {
         test_rows_level();
         test_get_row_level();
         test_matmul_nn_level();
+        test_attn_scores_level();
         test_t_level(pool);
         test_by_inputs_level(pool);
         test_qdot_level();

@@ -183,6 +183,23 @@ void peri_f32_to_f16_row(uint16_t *y, const float *x, int64_t n) {
     (f ? f : peri_type_traits(PERI_TYPE_F16)->from_float)(x, y, n);
 }
 
+void peri_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                      size_t krs, int64_t nk, int64_t D) {
+    if (nq <= 0 || nk <= 0) return;
+    if (ktype != PERI_TYPE_F32 && ktype != PERI_TYPE_F16) {
+        peri_fail(PERI_E_UNSUPPORTED, "attention scores: keys of type %s (F32 or F16 only)", peri_type_name(ktype));
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t j = 0; j < nk; j++) s[i * lds + j] = NAN;
+        return;
+    }
+    const struct peri_kernel_set *ks = peri_kernels_current();
+    for (int64_t i0 = 0; i0 < nq; i0 += 16) {   // the kernels take 16 queries at a time
+        const int64_t qn = nq - i0 < 16 ? nq - i0 : 16;
+        if (ks->attn_scores) ks->attn_scores(s + i0 * lds, lds, q + i0 * ldq, ldq, qn, ktype, k, krs, nk, D);
+        else peri_attn_scores_ref(s + i0 * lds, lds, q + i0 * ldq, ldq, qn, ktype, k, krs, nk, D);
+    }
+}
+
 void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs, int64_t K,
                     int64_t m, int64_t n) {
     if (K <= 0 || m <= 0 || n <= 0) return;

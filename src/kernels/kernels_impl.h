@@ -48,6 +48,9 @@ struct peri_kernel_set {
     // y = x C with C's rows stored (peri_matmul_nn), by C's type; NULL: the reference.
     void (*mm_nn[PERI_TYPE_COUNT])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs,
                                    int64_t K, int64_t m, int64_t n);
+    // peri_attn_scores for nq <= 16 queries and F32 or F16 keys; NULL: the reference.
+    void (*attn_scores)(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                        size_t krs, int64_t nk, int64_t D);
     // y += x C for n <= 4 x rows and C in a T layout, by its kind (PERI_T_*: peri_t_nn_ref's contract); NULL: the
     // reference.
     void (*t_nn[PERI_T_KINDS])(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, int64_t mw,

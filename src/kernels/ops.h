@@ -31,6 +31,16 @@ void peri_matmul_nn(float *y, int64_t ldy, const float *x, int64_t ldx, int type
 void peri_matmul_nn_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int type, const void *c, size_t cs,
                         int64_t K, int64_t m, int64_t n);
 
+// Attention scores of nq queries against nk cache rows (PLM's latent decode: one query per head, the keys as rows):
+// s[i * lds + j] = sum_d q[i * ldq + d] k_j[d] for i < nq, j < nk, k_j row j of k (F32 or F16, krs bytes apart), D
+// values each; float32 sums. Where peri_matmul_ex would take the few queries as x rows of its GEMM and pack the keys
+// into panels for them alone, the level's kernel reads each key row once, in order, against the queries held
+// transposed (docs/kernels.md, "Latent attention scores"). Runs on the caller; allocates nothing.
+void peri_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                      size_t krs, int64_t nk, int64_t D);
+void peri_attn_scores_ref(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                          size_t krs, int64_t nk, int64_t D);
+
 // y[n x m] = x[n x K] . C for C a K x m float matrix (F32, F16 or BF16; K rows of m values): a weight stored by its
 // inputs, as PLM's down projection is when rearranged at load (models/plm.c). Up to PERI_NN_SPARSE_ROWS x rows the
 // threads split the inputs (peri_matmul_nn then reads only the rows of inputs non-zero in some x row) and their

@@ -223,6 +223,28 @@ float peri_sum8_ref(const float *p, int64_t len, int64_t stride) {
     return s;
 }
 
+void peri_attn_scores_ref(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                          size_t krs, int64_t nk, int64_t D) {
+    for (int64_t j = 0; j < nk; j++) {
+        const char *row = (const char *)k + (size_t)j * krs;
+        for (int64_t i = 0; i < nq; i++) {
+            float acc = 0.0f;
+            for (int64_t d = 0; d < D; d++) {
+                float kv;
+                if (ktype == PERI_TYPE_F16) {
+                    uint16_t h;
+                    memcpy(&h, row + 2 * d, 2);
+                    kv = peri_f16_to_f32(h);
+                } else {
+                    memcpy(&kv, row + 4 * d, 4);
+                }
+                acc += q[i * ldq + d] * kv;
+            }
+            s[i * lds + j] = acc;
+        }
+    }
+}
+
 // All mm entries NULL: the dispatcher's generic path then calls each type's dot_f32, the reference.
 void peri_f16_to_f32_row_ref(float *y, const uint16_t *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = peri_f16_to_f32(x[i]);

@@ -874,7 +874,8 @@ static void kattn_task(void *arg, int ith, int nth) {
     }
     const float scale = 1.0f / sqrtf((float)p->dk);
     if (J->phase == 0) {
-        peri_matmul_ex(NULL, sc + lo, nctx, x->qlat, R + rope, &kt, lo, hi - lo, NULL, H);
+        peri_attn_scores(sc + lo, nctx, x->qlat, R + rope, H, kt.type, (const char *)kt.data + (size_t)lo * rs, rs,
+                         hi - lo, R + rope);
         for (int64_t h = 0; h < H; h++) scale_mask(sc + h * nctx, valid, lo, hi, scale);
     }
     if (J->phase == 2)
@@ -889,7 +890,8 @@ static void kattn_task(void *arg, int ith, int nth) {
     float *mc = mix + H * R, *lc = mc + H;   // per head: the chunk's largest score and sum of exponentials
     for (int64_t c0 = lo, c1; c0 < hi; c0 = c1) {
         c1 = c0 + PLM_KCHUNK < hi ? c0 + PLM_KCHUNK : hi;
-        peri_matmul_ex(NULL, sc + c0, nctx, x->qlat, R + rope, &kt, c0, c1 - c0, NULL, H);
+        peri_attn_scores(sc + c0, nctx, x->qlat, R + rope, H, kt.type, (const char *)kt.data + (size_t)c0 * rs, rs,
+                         c1 - c0, R + rope);
         for (int64_t h = 0; h < H; h++) {
             float *row = sc + h * nctx;
             scale_mask(row, valid, c0, c1, scale);

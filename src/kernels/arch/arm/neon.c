@@ -621,6 +621,7 @@ const struct peri_kernel_set peri_kset_neon = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
+    .attn_scores = gp_attn_scores,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
                  [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_1] = deq_q4_1, [PERI_TYPE_Q5_0] = deq_q5_0,
                  [PERI_TYPE_Q5_1] = deq_q5_1, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,

@@ -802,6 +802,7 @@ const struct peri_kernel_set peri_kset_avx2 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
+    .attn_scores = gp_attn_scores,
     .to_float = {[PERI_TYPE_F16] = deq_f16, [PERI_TYPE_BF16] = deq_bf16, [PERI_TYPE_Q8_0] = deq_q8_0,
                  [PERI_TYPE_Q4_0] = deq_q4_0, [PERI_TYPE_Q4_0_X16] = deq_q4_0_x16, [PERI_TYPE_Q2_K] = deq_q2_K, [PERI_TYPE_Q3_K] = deq_q3_K,
                  [PERI_TYPE_Q4_K] = deq_q4_K, [PERI_TYPE_Q5_K] = deq_q5_K, [PERI_TYPE_Q6_K] = deq_q6_K},

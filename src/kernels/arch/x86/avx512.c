@@ -809,6 +809,7 @@ const struct peri_kernel_set peri_kset_avx512 = {
     .silu_row = silu_row,
     .swiglu = swiglu,
     .sum8 = sum8,
+    .attn_scores = gp_attn_scores,
     .mm_nn = {[PERI_TYPE_F32] = mm_f32_nn, [PERI_TYPE_F16] = mm_f16_nn, [PERI_TYPE_BF16] = mm_bf16_nn,
               [PERI_TYPE_Q8_0] = mm_q8_0_nn, [PERI_TYPE_Q4_0] = mm_q4_0_nn, [PERI_TYPE_Q4_0_X16] = mm_q4_0_x16_nn,
               [PERI_TYPE_Q4_K] = mm_q4_K_nn},
