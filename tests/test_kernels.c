@@ -285,6 +285,9 @@ static void test_attn_scores_level(void) {
                 }
     }
     CHECKF(!bad, "attn_scores at level %s", lvl);
+    float s0[2] = {7, 7}, q0 = 1, k0 = 1;   // D = 0: empty sums
+    peri_attn_scores(s0, 2, &q0, 1, 1, PERI_TYPE_F32, &k0, 4, 2, 0);
+    CHECK(s0[0] == 0.0f && s0[1] == 0.0f);
     float s1 = 0, q1 = 1, k1 = 1;
     peri_attn_scores(&s1, 1, &q1, 1, 1, PERI_TYPE_Q8_0, &k1, 4, 1, 1);   // keys of another type: NaN and an error
     CHECK(isnan(s1));

@@ -186,6 +186,10 @@ void peri_f32_to_f16_row(uint16_t *y, const float *x, int64_t n) {
 void peri_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
                       size_t krs, int64_t nk, int64_t D) {
     if (nq <= 0 || nk <= 0) return;
+    if (D <= 0) {   // empty sums
+        for (int64_t i = 0; i < nq; i++) memset(s + i * lds, 0, sizeof(float) * (size_t)nk);
+        return;
+    }
     if (ktype != PERI_TYPE_F32 && ktype != PERI_TYPE_F16) {
         peri_fail(PERI_E_UNSUPPORTED, "attention scores: keys of type %s (F32 or F16 only)", peri_type_name(ktype));
         for (int64_t i = 0; i < nq; i++)

@@ -969,7 +969,8 @@ static void heads_combine(struct plm_ctx *x, int64_t H, int64_t R, int64_t h) {
 // The first weight rows a decode kernel will read of a head's n rows from row r0: y = x C (the absorbed query,
 // peri_nn_row) and y = x W^T (W_vb) both read them as 4 streams, one per quarter (docs/kernels.md "4 streams").
 #define HEAD_PF_ROWS 16
-static void head_prefetch(const peri_tensor *W, size_t rs, int64_t r0, int64_t n, int streams) {
+static void head_prefetch(const peri_tensor *W, size_t rs, int64_t r0, int64_t n) {
+    const int streams = 4;
     const char *base = (const char *)W->data;
     for (int qq = 0; qq < streams; qq++)
         for (int64_t r = r0 + qq * (n / streams), e = r + HEAD_PF_ROWS / streams; r < e && r < r0 + n; r++)
@@ -991,13 +992,13 @@ static void heads_task(void *arg, int ith, int nth) {
     const int64_t wr0 = J->out ? nope : 0, wrn = J->out ? vd : nope;   // W_kb or W_vb rows within a head's block
     if (dec) {
         peri_split((long)H, ith, nth, &lo, &hi);
-        if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn, 4);
+        if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn);
     }
     for (int64_t h;;) {
         if (dec) {
             if (lo >= hi) break;
             h = lo++;
-            if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn, 4);
+            if (lo < hi) head_prefetch(J->L->wkvb, wrs, lo * (nope + vd) + wr0, wrn);
         } else if ((h = atomic_fetch_add_explicit(&J->next_head, 1, memory_order_relaxed)) >= H) break;
         if (!J->out) {
             // q_lat,h = q_nope,h W_kb,h, where W_kb,h is the head's nope rows of kv_b ([nope x R] as stored): y = x C.
