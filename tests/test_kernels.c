@@ -230,8 +230,8 @@ static int nn_matches(const char *what, int type, const float *y, int64_t ldy, c
 }
 
 // peri_attn_scores against float64 sums, F32 and F16 keys in padded rows: 1 to 40 queries (groups of 16 and a rest),
-// key counts around the tiles (16 keys a tile with AVX-512, 6 with AVX2 and NEON), D around the kernels' chunks (64
-// values of a key converted at a time, 512 of the queries transposed at a time); the padding of s stays untouched.
+// key counts around the tiles (16 keys a tile with AVX-512, 6 with AVX2 and NEON), D around the vector widths and past
+// the kernels' chunk of 640 values (1100: two chunks, the second adding to the first); the padding of s stays untouched.
 static void test_attn_scores_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
     const int64_t Ds[] = {1, 20, 63, 64, 65, 100, 576, 1100}, nks[] = {1, 5, 6, 7, 16, 17, 33}, nqs[] = {1, 2, 15, 16, 17, 40};
