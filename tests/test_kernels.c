@@ -3,6 +3,7 @@
 #include "kernels/kernels_impl.h"
 #include "kernels/ops.h"
 #include "peri.h"
+#include "runtime/cpu.h"
 #include "runtime/pool.h"
 #include "tensor/repack.h"
 #include "test.h"
@@ -230,11 +231,13 @@ static int nn_matches(const char *what, int type, const float *y, int64_t ldy, c
 }
 
 // peri_attn_scores against float64 sums, F32 and F16 keys in padded rows: 1 to 40 queries (groups of 16 and a rest),
-// key counts around the tiles (16 keys a tile with AVX-512, 6 with AVX2 and NEON), D around the vector widths and past
-// the kernels' chunk of 640 values (1100: two chunks, the second adding to the first); the padding of s stays untouched.
+// key counts around the tiles (16 keys a tile with AVX-512, 6 with AVX2 and NEON; AMX: steps of 32, a partial last one,
+// the next step split during the current one), D around the vector widths and past the kernels' chunk of 640 values
+// (1100: two chunks, the second adding to the first); the padding of s stays untouched.
 static void test_attn_scores_level(void) {
     const char *lvl = peri_kernels_level_name(peri_kernels_level());
-    const int64_t Ds[] = {1, 20, 63, 64, 65, 100, 576, 1100}, nks[] = {1, 5, 6, 7, 16, 17, 33}, nqs[] = {1, 2, 15, 16, 17, 40};
+    const int64_t Ds[] = {1, 20, 63, 64, 65, 100, 576, 1100}, nks[] = {1, 5, 6, 7, 16, 17, 33, 64, 97},
+                  nqs[] = {1, 2, 15, 16, 17, 40};
     int bad = 0;
     for (int ti = 0; ti < 2 && !bad; ti++) {
         const int kt = ti ? PERI_TYPE_F16 : PERI_TYPE_F32;
@@ -699,6 +702,12 @@ static void test_qdot_level(void) {
 // Q8_0, 16 for Q4_0 and 32 for the K-quants.
 static void test_amx_level(peri_pool *pool) {
     if (peri_kernels_level() != PERI_KERNELS_AVX512AMX) return;
+    // where the CPU has AMX-BF16, the level's scores and F16 y = x C are the tile kernels (avx512amx_bf16.c), which
+    // test_attn_scores_level and test_matmul_nn_level hold to the float32 tolerances of the others
+    const struct peri_cpu *cpu = peri_cpu();
+    if (cpu->amx_bf16 && cpu->avx512bf16 && cpu->avx512vbmi)
+        CHECK(peri_kernels_current()->attn_scores == peri_amx_attn_scores &&
+              peri_kernels_current()->mm_nn[PERI_TYPE_F16] == peri_amx_mm_f16_nn);
     static const int types[] = {PERI_TYPE_Q8_0, PERI_TYPE_Q4_0, PERI_TYPE_Q4_0_X16, PERI_TYPE_Q4_K, PERI_TYPE_Q6_K};
     static const int64_t shapes[][3] = {{9, 45, 16}, {3, 31, 33}, {40, 64, 47}, {17, 1, 64}, {5, 70, 530}, {1, 33, 75}, {2, 20, 9}};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {

@@ -86,6 +86,10 @@ static void kernels_init(void) {
         g_sets[PERI_KERNELS_AVX512AMX] = overlay_set(2, g_sets[PERI_KERNELS_AVX512FP16], "avx512amx",
                                                      PERI_KERNELS_AVX512AMX, peri_qmm_avx512amx);
         g_overlay_sets[2].q8t_qmm = peri_amx_q8t_qmm;
+        if (c->amx_bf16 && c->avx512bf16 && c->avx512vbmi) {
+            g_overlay_sets[2].attn_scores = peri_amx_attn_scores;
+            g_overlay_sets[2].mm_nn[PERI_TYPE_F16] = peri_amx_mm_f16_nn;
+        }
     }
 #endif
 #endif

@@ -121,6 +121,12 @@ extern const struct peri_mm_kernel peri_mm_avx512fp16[PERI_TYPE_COUNT];
 extern const struct peri_mm_kernel peri_qmm_avx512amx[PERI_TYPE_COUNT];
 void peri_amx_q8t_qmm(float *y, int64_t ldy, const void *xq, size_t xs, const void *c, int64_t mw, int64_t c0, int64_t m,
                       int64_t K, int64_t n);
+// AMX-BF16 entries of the same level (avx512amx_bf16.c), where the CPU also has AMX-BF16, AVX512-BF16 and VBMI:
+// attention scores against F16 keys and y = x C for F16 C, at float32 accuracy; other cases go to the AVX-512 set's.
+void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
+                          size_t krs, int64_t nk, int64_t D);
+void peri_amx_mm_f16_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
+                        int64_t m, int64_t n);
 #else
 #define PERI_HAVE_AMX 0
 #endif

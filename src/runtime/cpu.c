@@ -52,6 +52,8 @@ static void detect(void) {
             c.avx512fp16 = c.avx512f && ((d >> 23) & 1);
             // AMX-TILE, AMX-INT8; XCR0 bits 17-18: XTILECFG, XTILEDATA
             c.amx_int8 = c.avx512f && ((d >> 24) & 1) && ((d >> 25) & 1) && (xcr0 & 0x60000) == 0x60000;
+            c.amx_bf16 = c.avx512f && ((d >> 24) & 1) && ((d >> 22) & 1) && (xcr0 & 0x60000) == 0x60000;
+            c.avx512vbmi = c.avx512f && ((cx >> 1) & 1);
             unsigned max_sub = a;
             if (max_sub >= 1) {
                 __cpuid_count(7, 1, a, b, cx, d);
@@ -81,7 +83,7 @@ const char *peri_cpu_describe(char *buf, size_t size) {
         {c->sse42, "sse4.2"}, {c->avx, "avx"}, {c->avx2, "avx2"}, {c->fma, "fma"}, {c->f16c, "f16c"},
         {c->avx512f, "avx512f"}, {c->avx512dq, "avx512dq"}, {c->avx512bw, "avx512bw"},
         {c->avx512vl, "avx512vl"}, {c->avx512vnni, "avx512vnni"}, {c->avx512bf16, "avx512bf16"},
-        {c->avx512fp16, "avx512fp16"}, {c->amx_int8, "amx-int8"}, {c->neon, "neon"}, {c->neon_dotprod, "dotprod"},
+        {c->avx512fp16, "avx512fp16"}, {c->amx_int8, "amx-int8"}, {c->amx_bf16, "amx-bf16"}, {c->neon, "neon"}, {c->neon_dotprod, "dotprod"},
         {c->neon_fp16, "fp16"},
     };
     if (!size) return buf;

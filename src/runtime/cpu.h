@@ -11,6 +11,7 @@ struct peri_cpu {
     bool avx512f, avx512dq, avx512bw, avx512vl, avx512vnni, avx512bf16, avx512fp16;
     // AMX-TILE and AMX-INT8 with the tile state enabled in XCR0; Linux still has to grant each process its use.
     bool amx_int8;
+    bool amx_bf16, avx512vbmi;   // AMX-BF16 (with the same tile state), AVX512-VBMI
     // AArch64
     bool neon, neon_dotprod, neon_fp16;
 };
