@@ -46,18 +46,12 @@ PERI_INLINE int ax_min_n(int wt) {
     return wt == PERI_TYPE_Q8_0 ? 8 : wt == PERI_TYPE_Q4_0 || wt == PERI_TYPE_Q4_0_X16 ? 16 : 32;
 }
 
-// ldtilecfg's operand (palette 1).
-struct ax_cfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-_Static_assert(sizeof(struct ax_cfg) == 64, "ldtilecfg reads 64 bytes");
+#include "kernels/arch/x86/amx_cfg.inc"
 
 // Tiles 0, 1: 16 x rows by one group of G codes; 2, 3: 16 rows of the panel for that group (G / 4 steps of 4 codes, 64
 // bytes each); 4, 5: their int32 sums; the first of each pair for even groups, the second for odd ones.
 static void ax_config(int G) {
-    struct ax_cfg c;
+    struct peri_amx_cfg c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 2; t++) c.rows[t] = 16, c.colsb[t] = (uint16_t)G;

@@ -29,16 +29,11 @@
 
 #include "kernels/arch/x86/transpose16.inc"
 
-// ldtilecfg's operand (palette 1): all 8 tiles 16 rows of 64 bytes (16 floats, or 16 pairs of bf16).
-struct ab_cfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-_Static_assert(sizeof(struct ab_cfg) == 64, "ldtilecfg reads 64 bytes");
+#include "kernels/arch/x86/amx_cfg.inc"
 
+// All 8 tiles 16 rows of 64 bytes (16 floats, or 16 pairs of bf16).
 static void ab_config(void) {
-    struct ab_cfg c;
+    struct peri_amx_cfg c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 8; t++) c.rows[t] = 16, c.colsb[t] = 64;
