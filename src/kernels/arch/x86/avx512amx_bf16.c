@@ -1,7 +1,7 @@
 // AMX-BF16 tile products of float rows with F16 rows at float32 accuracy: the latent attention's scores
 // (peri_attn_scores: queries against F16 cache rows) and mixes (peri_matmul_nn with F16 C: probabilities times cache
 // rows). One tdpbf16ps makes 8192 products (16 x 16 sums of 32), where an AVX-512 FMA makes 16; PLM's decode at depth
-// spends most of its attention time in these two (docs/kernels.md, "AMX-BF16 attention").
+// spends most of its attention time in these two (docs/kernels.md, "AMX-BF16 attention at float32 accuracy").
 //
 // Arithmetic. A bf16 has 8 significant bits, an F16 11, a float 24, so each operand is split into bf16 parts whose
 // sum is the value: an F16 value v = v_h + v_l exactly (v_h: v truncated to 8 bits; v - v_h has at most 3 bits); a
@@ -96,9 +96,9 @@ PERI_INLINE void ab_key_rows(__m512i idx, uint16_t *kh, uint16_t *kl, const char
             continue;
         }
         const uint16_t *kr = (const uint16_t *)(k + (size_t)(j0 + r) * krs) + d0;
-        const char *pf = (const char *)kr + AB_PF, *pfe = k + (size_t)nk * krs;
+        const size_t pf = (size_t)(j0 + r) * krs + (size_t)d0 * 2 + AB_PF, end = (size_t)nk * krs;
         for (int64_t e = 0; e < dc; e += 32) {
-            if (pf + 2 * e < pfe) _mm_prefetch(pf + 2 * e, _MM_HINT_T0);
+            if (pf + 2 * (size_t)e < end) _mm_prefetch(k + pf + 2 * (size_t)e, _MM_HINT_T0);
             __m512 x0, x1;
             if (dc - e >= 32) {
                 x0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + e)));
@@ -209,8 +209,9 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
 PERI_INLINE void ab_c_tiles(uint32_t (*bh)[16][16], uint32_t (*bl)[16][16], const char *c, size_t cs, int64_t k,
                             int64_t K, int64_t j, int64_t m, int nt) {
     for (int p = 0; p < 16; p++) {
-        const int64_t k0 = k + 2 * p, k1 = k0 + 1;
-        const uint16_t *r0 = (const uint16_t *)(c + (size_t)k0 * cs), *r1 = (const uint16_t *)(c + (size_t)k1 * cs);
+        const int64_t k0 = k + 2 * p, k1 = k0 + 1;   // rows past K are zero, not read
+        const uint16_t *r0 = k0 < K ? (const uint16_t *)(c + (size_t)k0 * cs) : NULL;
+        const uint16_t *r1 = k1 < K ? (const uint16_t *)(c + (size_t)k1 * cs) : NULL;
         for (int t = 0; t < nt; t++) {
             const int64_t jc = j + 16 * t;
             const __mmask16 mk = ab_mask(m - jc);
