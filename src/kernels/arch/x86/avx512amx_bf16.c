@@ -203,6 +203,7 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
 
 #define AB_XK 512   // x values per pass (C rows)
 #define AB_MIN_N 8  // fewer x rows: the AVX-512 kernel (the tiles' 16 rows would be mostly padding)
+#define AB_XB 4     // blocks of 16 x rows sharing each split of C
 
 // B tiles of C rows k .. k + 31 (rows past K zero) and columns j .. j + 16 nt - 1 (past m zero): per tile t,
 // [pair p][column] = (C[k + 2p][col], C[k + 2p + 1][col]) as the h and l bf16 of an F16 value.
@@ -226,73 +227,90 @@ PERI_INLINE void ab_c_tiles(uint32_t (*bh)[16][16], uint32_t (*bl)[16][16], cons
     }
 }
 
-// peri_matmul_nn's contract for F16 C (fewer than AB_MIN_N x rows: the AVX-512 kernel).
+// The five tile products of x tiles 3-5 (h, m, l) and C tiles 6-7 (h, l) into accumulator tile T.
+#define AB_MIX5(T)                                                                                             \
+    do {                                                                                                       \
+        _tile_dpbf16ps(T, 3, 6);                                                                               \
+        _tile_dpbf16ps(T, 3, 7);                                                                               \
+        _tile_dpbf16ps(T, 4, 6);                                                                               \
+        _tile_dpbf16ps(T, 4, 7);                                                                               \
+        _tile_dpbf16ps(T, 5, 6);                                                                               \
+    } while (0)
+
+// peri_matmul_nn's contract for F16 C (fewer than AB_MIN_N x rows: the AVX-512 kernel). x rows go in blocks of 16
+// (a tile's rows), up to AB_XB blocks at a time: their parts are split once per pass over K, and each column group's
+// C tiles once for all of them (the first block's products run while they are split, the others reuse them).
 void peri_amx_mm_f16_nn(float *y, int64_t ldy, const float *x, int64_t ldx, const void *c, size_t cs, int64_t K,
                         int64_t m, int64_t n) {
     if (n < AB_MIN_N) {
         peri_kset_avx512.mm_nn[PERI_TYPE_F16](y, ldy, x, ldx, c, cs, K, m, n);
         return;
     }
-    _Alignas(64) uint16_t xp[3][16][AB_XK];            // the rows' h, m, l parts (48 KB)
-    _Alignas(64) uint32_t bt[2][2][3][16][16];         // C tiles h, l of two steps of 32 rows, 3 column tiles
+    _Alignas(64) uint16_t xp[AB_XB][3][16][AB_XK];                 // the rows' h, m, l parts (192 KB)
+    // C tiles h, l of a pass's steps, 3 columns (96 KB; one block of x rows: two steps, the current and the next)
+    _Alignas(64) uint32_t bt[AB_XK / 32][2][3][16][16];
     _Alignas(64) float cb[16][16];
     const __m512i idx = _mm512_loadu_si512(ab_hi_idx);
     ab_config();
-    for (int64_t i0 = 0; i0 < n; i0 += 16) {
-        const int rv = n - i0 < 16 ? (int)(n - i0) : 16;
+    for (int64_t i0 = 0; i0 < n; i0 += 16 * AB_XB) {
+        const int nrb = (int)((n - i0 + 15) / 16 < AB_XB ? (n - i0 + 15) / 16 : AB_XB);
         for (int64_t k0 = 0; k0 < K; k0 += AB_XK) {
             const int64_t kc = K - k0 < AB_XK ? K - k0 : AB_XK, nst = (kc + 31) / 32;
-            for (int i = 0; i < 16; i++)
-                for (int64_t e = 0; e < nst * 32; e += 32) {
-                    __m512i h = _mm512_setzero_si512(), mm = h, l = h;
-                    if (i < rv) {
-                        const float *xr = x + (i0 + i) * ldx + k0 + e;
-                        ab_split3(idx, _mm512_maskz_loadu_ps(ab_mask(kc - e), xr),
-                                  _mm512_maskz_loadu_ps(ab_mask(kc - e - 16), xr + 16), &h, &mm, &l);
+            for (int rb = 0; rb < nrb; rb++)
+                for (int i = 0; i < 16; i++)
+                    for (int64_t e = 0; e < nst * 32; e += 32) {
+                        __m512i h = _mm512_setzero_si512(), mm = h, l = h;
+                        const int64_t row = i0 + 16 * rb + i;
+                        if (row < n) {
+                            const float *xr = x + row * ldx + k0 + e;
+                            ab_split3(idx, _mm512_maskz_loadu_ps(ab_mask(kc - e), xr),
+                                      _mm512_maskz_loadu_ps(ab_mask(kc - e - 16), xr + 16), &h, &mm, &l);
+                        }
+                        _mm512_store_si512(&xp[rb][0][i][e], h);
+                        _mm512_store_si512(&xp[rb][1][i][e], mm);
+                        _mm512_store_si512(&xp[rb][2][i][e], l);
                     }
-                    _mm512_store_si512(&xp[0][i][e], h);
-                    _mm512_store_si512(&xp[1][i][e], mm);
-                    _mm512_store_si512(&xp[2][i][e], l);
-                }
             const char *cr = (const char *)c + (size_t)k0 * cs;
             for (int64_t j = 0; j < m; j += 48) {
                 const int nt = m - j >= 48 ? 3 : (int)((m - j + 15) / 16);
-                _tile_zero(0);   // (tile numbers are immediates)
-                _tile_zero(1);
-                _tile_zero(2);
-                ab_c_tiles(bt[0][0], bt[0][1], cr, cs, 0, kc, j, m, nt);
-                for (int64_t st = 0; st < nst; st++) {
-                    _tile_loadd(3, &xp[0][0][st * 32], AB_XK * 2);
-                    _tile_loadd(4, &xp[1][0][st * 32], AB_XK * 2);
-                    _tile_loadd(5, &xp[2][0][st * 32], AB_XK * 2);
-                    const int cur = (int)(st & 1);
-                    for (int t = 0; t < nt; t++) {
-                        _tile_loadd(6, bt[cur][0][t], 64);
-                        _tile_loadd(7, bt[cur][1][t], 64);
-                        if (t == 0) {
-                            _tile_dpbf16ps(0, 3, 6); _tile_dpbf16ps(0, 3, 7); _tile_dpbf16ps(0, 4, 6);
-                            _tile_dpbf16ps(0, 4, 7); _tile_dpbf16ps(0, 5, 6);
-                        } else if (t == 1) {
-                            _tile_dpbf16ps(1, 3, 6); _tile_dpbf16ps(1, 3, 7); _tile_dpbf16ps(1, 4, 6);
-                            _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(1, 5, 6);
-                        } else {
-                            _tile_dpbf16ps(2, 3, 6); _tile_dpbf16ps(2, 3, 7); _tile_dpbf16ps(2, 4, 6);
-                            _tile_dpbf16ps(2, 4, 7); _tile_dpbf16ps(2, 5, 6);
+                for (int rb = 0; rb < nrb; rb++) {
+                    _tile_zero(0);   // (tile numbers are immediates)
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    if (rb == 0) ab_c_tiles(bt[0][0], bt[0][1], cr, cs, 0, kc, j, m, nt);
+                    for (int64_t st = 0; st < nst; st++) {
+                        const int64_t b = nrb > 1 ? st : st & 1, bn = nrb > 1 ? st + 1 : (st + 1) & 1;
+                        _tile_loadd(3, &xp[rb][0][0][st * 32], AB_XK * 2);
+                        _tile_loadd(4, &xp[rb][1][0][st * 32], AB_XK * 2);
+                        _tile_loadd(5, &xp[rb][2][0][st * 32], AB_XK * 2);
+                        _tile_loadd(6, bt[b][0][0], 64);
+                        _tile_loadd(7, bt[b][1][0], 64);
+                        AB_MIX5(0);
+                        if (nt > 1) {
+                            _tile_loadd(6, bt[b][0][1], 64);
+                            _tile_loadd(7, bt[b][1][1], 64);
+                            AB_MIX5(1);
                         }
+                        if (nt > 2) {
+                            _tile_loadd(6, bt[b][0][2], 64);
+                            _tile_loadd(7, bt[b][1][2], 64);
+                            AB_MIX5(2);
+                        }
+                        if (rb == 0 && st + 1 < nst)   // the next step's C rows split while these products run
+                            ab_c_tiles(bt[bn][0], bt[bn][1], cr, cs, (st + 1) * 32, kc, j, m, nt);
                     }
-                    if (st + 1 < nst)   // the next step's C rows split while these products run
-                        ab_c_tiles(bt[cur ^ 1][0], bt[cur ^ 1][1], cr, cs, (st + 1) * 32, kc, j, m, nt);
-                }
-                for (int t = 0; t < nt; t++) {
-                    if (t == 0) _tile_stored(0, cb, 64);
-                    else if (t == 1) _tile_stored(1, cb, 64);
-                    else _tile_stored(2, cb, 64);
-                    const __mmask16 mk = ab_mask(m - j - 16 * t);
-                    for (int i = 0; i < rv; i++) {
-                        float *o = y + (i0 + i) * ldy + j + 16 * t;
-                        __m512 v = _mm512_load_ps(cb[i]);
-                        if (k0) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, o));
-                        _mm512_mask_storeu_ps(o, mk, v);
+                    const int rv = n - (i0 + 16 * rb) < 16 ? (int)(n - (i0 + 16 * rb)) : 16;
+                    for (int t = 0; t < nt; t++) {
+                        if (t == 0) _tile_stored(0, cb, 64);
+                        else if (t == 1) _tile_stored(1, cb, 64);
+                        else _tile_stored(2, cb, 64);
+                        const __mmask16 mk = ab_mask(m - j - 16 * t);
+                        for (int i = 0; i < rv; i++) {
+                            float *o = y + (i0 + 16 * rb + i) * ldy + j + 16 * t;
+                            __m512 v = _mm512_load_ps(cb[i]);
+                            if (k0) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, o));
+                            _mm512_mask_storeu_ps(o, mk, v);
+                        }
                     }
                 }
             }
@@ -300,6 +318,7 @@ void peri_amx_mm_f16_nn(float *y, int64_t ldy, const float *x, int64_t ldx, cons
     }
     _tile_release();
 }
+#undef AB_MIX5
 
 #if defined(__clang__)
 #pragma clang attribute pop
