@@ -210,16 +210,22 @@ peri_pool *peri_pool_new(int n_threads) {
         peri_fail(PERI_E_NOMEM, "out of memory creating a thread pool of %d threads", n_threads);
         return NULL;
     }
+    // The kernels keep their tiles on the stack (the AMX ones up to about 300 KB a call), more than some C libraries
+    // give a thread by default (musl: 128 KB); glibc's default is the stack rlimit, usually 8 MiB.
+    pthread_attr_t attr;
+    const bool attr_ok = pthread_attr_init(&attr) == 0;
+    if (attr_ok) pthread_attr_setstacksize(&attr, (size_t)8 << 20);
     for (int i = 1; i < n_threads; i++) {
         struct worker_arg *wa = malloc(sizeof *wa);
         if (wa) *wa = (struct worker_arg){p, i};
-        if (!wa || pthread_create(&p->threads[i], NULL, worker_main, wa) != 0) {
+        if (!wa || pthread_create(&p->threads[i], attr_ok ? &attr : NULL, worker_main, wa) != 0) {
             // Run with the threads we have: the workers read p->n only after a job is published.
             free(wa);
             p->n = i;
             break;
         }
     }
+    if (attr_ok) pthread_attr_destroy(&attr);
     return p;
 }
 
