@@ -64,7 +64,7 @@ static void ax_config(int G) {
 // Q8_K: the super-block's) and for Q4_K e[r] = d * Σ x of the 32-value sub-block (from bsums). Rows past rv get 0.
 PERI_INLINE void ax_xscales(int wt, const char *xr, size_t xs, int rv, int64_t k, float *d, float *e) {
     const __m512i idx = gb_rows_index(xs);
-    const __mmask16 mk = gb_rows_mask(rv);
+    const __mmask16 mk = first_lanes16(rv);
     if (gb_q8_0_x(wt)) {
         const char *b = xr + (size_t)(k / 32) * sizeof(block_q8_0);
         __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mk, idx, b, 1);
@@ -162,7 +162,7 @@ PERI_INLINE void ax_pack_q8t(struct gb_panel *P, const char *c, int64_t mw, int6
                              int64_t kc) {
     const size_t gs = peri_t_group_bytes_of(PERI_T_Q8_0, mw), off = peri_t_codes_offset(PERI_T_Q8_0, mw);
     for (int h = 0; h < 2; h++) {
-        const __mmask16 mk = gb_rows_mask(mrows - 16 * h);
+        const __mmask16 mk = first_lanes16(mrows - 16 * h);
         for (int64_t bb = 0; bb < kc / 32; bb++) {
             const char *grp = c + (size_t)((k0 / 32) + bb) * gs;
             const __m256i d = _mm256_maskz_loadu_epi16(mk, grp + 2 * (size_t)(r0 + 16 * h));
@@ -205,7 +205,7 @@ static void ax_gemm(int wt, float *y, int64_t ldy, const char *x, size_t xs, con
         const int rest = (int)(nx - full);
         for (int64_t j = 0; j < m; j += GB_ROWS) {
             const int mrows = m - j < GB_ROWS ? (int)(m - j) : GB_ROWS;
-            const __mmask16 m0 = gb_rows_mask(mrows), m1 = gb_rows_mask(mrows - 16);
+            const __mmask16 m0 = first_lanes16(mrows), m1 = first_lanes16(mrows - 16);
             const float *bj = bias ? bias + j : NULL;
             const int halves = mrows > 16 ? 2 : 1;
             for (int64_t k0 = 0; k0 < K; k0 += AX_KS) {

@@ -30,6 +30,7 @@
 #include "kernels/arch/x86/transpose16.inc"
 
 #include "kernels/arch/x86/amx_cfg.inc"
+#include "kernels/arch/x86/mask16.inc"
 
 // All 8 tiles 16 rows of 64 bytes (16 floats, or 16 pairs of bf16).
 static void ab_config(void) {
@@ -73,7 +74,6 @@ PERI_INLINE void ab_split3(__m512i idx, __m512 x0, __m512 x1, __m512i *h, __m512
     *l = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(r1, m1), _mm512_sub_ps(r0, m0));
 }
 
-PERI_INLINE __mmask16 ab_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 // ---- scores: s = q K^T, 16 queries against F16 key rows ----
 
@@ -104,8 +104,8 @@ PERI_INLINE void ab_key_rows(__m512i idx, uint16_t *kh, uint16_t *kl, const char
                 x0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + e)));
                 x1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + e + 16)));
             } else {
-                x0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(ab_mask(dc - e), kr + e));
-                x1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(ab_mask(dc - e - 16), kr + e + 16));
+                x0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes16(dc - e), kr + e));
+                x1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes16(dc - e - 16), kr + e + 16));
             }
             const __m512 h0 = ab_trunc(x0), h1 = ab_trunc(x1);
             _mm512_store_si512(h + e, ab_pack(idx, h0, h1));
@@ -113,6 +113,17 @@ PERI_INLINE void ab_key_rows(__m512i idx, uint16_t *kh, uint16_t *kl, const char
         }
     }
 }
+
+// The five tile products of key tiles 5-6 (h, l) and query tiles 2-4 (h, m, l) into accumulator tile T (tile numbers
+// are immediates).
+#define AB_SCORE5(T)                                                                                           \
+    do {                                                                                                       \
+        _tile_dpbf16ps(T, 5, 2);                                                                               \
+        _tile_dpbf16ps(T, 5, 3);                                                                               \
+        _tile_dpbf16ps(T, 5, 4);                                                                               \
+        _tile_dpbf16ps(T, 6, 2);                                                                               \
+        _tile_dpbf16ps(T, 6, 3);                                                                               \
+    } while (0)
 
 // peri_attn_scores' contract for nq <= 16 queries and F16 keys (others: the AVX-512 kernel).
 void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, int64_t nq, int ktype, const void *k,
@@ -143,7 +154,7 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
                 }
                 const float *qr = q + i * ldq + d0 + e;
                 __m512i h, m, l;
-                ab_split3(idx, _mm512_maskz_loadu_ps(ab_mask(dc - e), qr), _mm512_maskz_loadu_ps(ab_mask(dc - e - 16), qr + 16),
+                ab_split3(idx, _mm512_maskz_loadu_ps(first_lanes16(dc - e), qr), _mm512_maskz_loadu_ps(first_lanes16(dc - e - 16), qr + 16),
                           &h, &m, &l);
                 t[0][i] = _mm512_castsi512_ps(h), t[1][i] = _mm512_castsi512_ps(m), t[2][i] = _mm512_castsi512_ps(l);
             }
@@ -166,13 +177,8 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
                 for (int g = 0; g < 2; g++) {   // keys 16 g .. 16 g + 15 of the step into tile g
                     _tile_loadd(5, kh + (size_t)(16 * g) * rl + 32 * b, (long)(rl * 2));
                     _tile_loadd(6, kl + (size_t)(16 * g) * rl + 32 * b, (long)(rl * 2));
-                    if (g == 0) {
-                        _tile_dpbf16ps(0, 5, 2); _tile_dpbf16ps(0, 5, 3); _tile_dpbf16ps(0, 5, 4);
-                        _tile_dpbf16ps(0, 6, 2); _tile_dpbf16ps(0, 6, 3);
-                    } else {
-                        _tile_dpbf16ps(1, 5, 2); _tile_dpbf16ps(1, 5, 3); _tile_dpbf16ps(1, 5, 4);
-                        _tile_dpbf16ps(1, 6, 2); _tile_dpbf16ps(1, 6, 3);
-                    }
+                    if (g == 0) AB_SCORE5(0);
+                    else AB_SCORE5(1);
                 }
                 // meanwhile: this block's share of the next step's rows split
                 if (st + 1 < ns)
@@ -184,7 +190,7 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
             for (int g = 0; g < 2; g++) {
                 const int64_t jg = j0 + 16 * g;
                 if (jg >= nk) break;
-                const __mmask16 mk = ab_mask(nk - jg);
+                const __mmask16 mk = first_lanes16(nk - jg);
                 __m512 r[16];
                 for (int i = 0; i < 16; i++) r[i] = _mm512_load_ps(cb[g][i]);
                 transpose16(r);   // [key][query] -> [query][key]
@@ -198,6 +204,7 @@ void peri_amx_attn_scores(float *s, int64_t lds, const float *q, int64_t ldq, in
     }
     _tile_release();
 }
+#undef AB_SCORE5
 
 // ---- mixes: y = x C, x float rows, C F16 rows ----
 
@@ -215,9 +222,9 @@ PERI_INLINE void ab_c_tiles(uint32_t (*bh)[16][16], uint32_t (*bl)[16][16], cons
         const uint16_t *r1 = k1 < K ? (const uint16_t *)(c + (size_t)k1 * cs) : NULL;
         for (int t = 0; t < nt; t++) {
             const int64_t jc = j + 16 * t;
-            const __mmask16 mk = ab_mask(m - jc);
-            const __m512 a = k0 < K ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, r0 + jc)) : _mm512_setzero_ps();
-            const __m512 b = k1 < K ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, r1 + jc)) : _mm512_setzero_ps();
+            const __mmask16 mk = first_lanes16(m - jc);
+            const __m512 a = r0 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, r0 + jc)) : _mm512_setzero_ps();
+            const __m512 b = r1 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, r1 + jc)) : _mm512_setzero_ps();
             const __m512 ah = ab_trunc(a), bh_ = ab_trunc(b);
             const __m512i al = _mm512_castps_si512(_mm512_sub_ps(a, ah)), blo = _mm512_castps_si512(_mm512_sub_ps(b, bh_));
             // (b's bf16 << 16) | a's bf16: b keeps its high half, a's moves down (both low halves are zero)
@@ -263,8 +270,8 @@ void peri_amx_mm_f16_nn(float *y, int64_t ldy, const float *x, int64_t ldx, cons
                         const int64_t row = i0 + 16 * rb + i;
                         if (row < n) {
                             const float *xr = x + row * ldx + k0 + e;
-                            ab_split3(idx, _mm512_maskz_loadu_ps(ab_mask(kc - e), xr),
-                                      _mm512_maskz_loadu_ps(ab_mask(kc - e - 16), xr + 16), &h, &mm, &l);
+                            ab_split3(idx, _mm512_maskz_loadu_ps(first_lanes16(kc - e), xr),
+                                      _mm512_maskz_loadu_ps(first_lanes16(kc - e - 16), xr + 16), &h, &mm, &l);
                         }
                         _mm512_store_si512(&xp[rb][0][i][e], h);
                         _mm512_store_si512(&xp[rb][1][i][e], mm);
@@ -304,7 +311,7 @@ void peri_amx_mm_f16_nn(float *y, int64_t ldy, const float *x, int64_t ldx, cons
                         if (t == 0) _tile_stored(0, cb, 64);
                         else if (t == 1) _tile_stored(1, cb, 64);
                         else _tile_stored(2, cb, 64);
-                        const __mmask16 mk = ab_mask(m - j - 16 * t);
+                        const __mmask16 mk = first_lanes16(m - j - 16 * t);
                         for (int i = 0; i < rv; i++) {
                             float *o = y + (i0 + 16 * rb + i) * ldy + j + 16 * t;
                             __m512 v = _mm512_load_ps(cb[i]);
